@@ -83,14 +83,24 @@ class Detector:
         shapes = [input_shape(hw, self.input_hw, rect=self.rect) for hw in src_hws]
         return max(s[0] for s in shapes), max(s[1] for s in shapes)
 
-    def preprocess(self, images: Sequence[np.ndarray], *,
-                   bgr: bool = True) -> tuple[np.ndarray, list[Letterbox]]:
-        """Letterbox full frames into the batch buffer; returns the batch view and each geometry."""
-        hw = self.shape_for([img.shape[:2] for img in images])
+    def scaled_hw(self, source_hw: tuple[int, int]) -> tuple[int, int]:
+        """The size a camera's frames should be decoded to: their place inside the input."""
+        lb = Letterbox.fit(source_hw, self.input_hw)
+        return lb.new_h, lb.new_w
+
+    def preprocess(self, images: Sequence[np.ndarray], source_hws: Sequence[tuple[int, int]] | None = None,
+                   *, bgr: bool = True) -> tuple[np.ndarray, list[Letterbox]]:
+        """Letterbox frames into the batch buffer; returns the batch view and each geometry.
+
+        `images` are full frames, or frames already scaled to `scaled_hw(source_hw)` by the
+        decoder, in which case `source_hws` gives each camera's own size and no resize happens.
+        """
+        sources = source_hws or [img.shape[:2] for img in images]
+        hw = self.shape_for(sources)
         batch = self.buffers.get(hw)[: len(images)]
         boxes = []
-        for slot, img in zip(batch, images, strict=True):
-            lb = Letterbox.fit(img.shape[:2], hw)
+        for slot, img, src in zip(batch, images, sources, strict=True):
+            lb = Letterbox.fit(src, hw)
             write_input(resize_for(img, lb), lb, slot, bgr=bgr)
             boxes.append(lb)
         return batch, boxes
@@ -99,15 +109,17 @@ class Detector:
         return self.runner.infer(batch)
 
     def postprocess(self, head: np.ndarray, letterboxes: Sequence[Letterbox],
-                    classes: np.ndarray | None = None) -> list[sv.Detections]:
+                    classes: Sequence[np.ndarray | None] | None = None) -> list[sv.Detections]:
+        """Detections per image in its source pixels; `classes[i]` keeps only those ids for image i."""
         if head.shape[0] != len(letterboxes) or head.shape[1] != 4 + len(self.class_names):
             raise RunnerError(f"model output {head.shape} does not fit {len(letterboxes)} images and "
                               f"{len(self.class_names)} classes")
         s = self.settings
         results = []
-        for per_image, lb in zip(head, letterboxes, strict=True):
+        filters = classes or [None] * len(letterboxes)
+        for per_image, lb, wanted in zip(head, letterboxes, filters, strict=True):
             raw = decode(per_image, conf_threshold=s.conf_threshold, iou_threshold=s.iou_threshold,
-                         max_det=s.max_det, classes=classes)
+                         max_det=s.max_det, classes=wanted)
             results.append(sv.Detections(
                 xyxy=lb.boxes_to_source(raw.xyxy),
                 confidence=raw.confidence,

@@ -1,0 +1,107 @@
+"""Latest-frame slots, one per camera, and the cross-camera batch collection over them.
+
+Each camera thread puts its newest frame into its slot; a frame still waiting there is replaced
+and counted as dropped, so a camera that outruns inference costs memory for one frame, never a
+queue. The inference thread takes batches: at most one frame per camera per batch (the newest),
+cameras served round-robin so that under overload every camera keeps its share, and a batch
+closes at `max_batch` frames, or `max_wait_ms` after its first frame, or as soon as every live
+camera has contributed. A camera is live from its first frame until its source reports it
+disconnected or stalled, so a dead camera is not waited for at all, and a slow one delays a batch
+by at most `max_wait_ms`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from edge_agent.frame import Frame
+
+
+class FrameSlots:
+    def __init__(self, clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
+        self._cond = threading.Condition()
+        self._slots: dict[str, Frame | None] = {}
+        self._order: list[str] = []
+        self._live: set[str] = set()
+        self._next = 0  # round-robin start for the next batch
+        self._dropped: dict[str, int] = {}
+        self._clock_ns = clock_ns
+
+    def add_camera(self, camera: str) -> None:
+        with self._cond:
+            if camera not in self._slots:
+                self._slots[camera] = None
+                self._order.append(camera)
+                self._dropped.setdefault(camera, 0)
+
+    def remove_camera(self, camera: str) -> Frame | None:
+        """Forget a camera; returns the frame still waiting in its slot, if any."""
+        with self._cond:
+            frame = self._slots.pop(camera, None)
+            self._live.discard(camera)
+            if camera in self._order:
+                self._order.remove(camera)
+            return frame
+
+    def put(self, frame: Frame) -> bool:
+        """Offer the newest frame of a camera; True when it replaced one (a drop)."""
+        with self._cond:
+            if frame.camera not in self._slots:
+                return False  # camera was removed while its thread was finishing a frame
+            replaced = self._slots[frame.camera] is not None
+            if replaced:
+                self._dropped[frame.camera] += 1
+            self._slots[frame.camera] = frame
+            self._live.add(frame.camera)
+            self._cond.notify()
+            return replaced
+
+    def set_not_live(self, camera: str) -> None:
+        """The camera's source lost its stream: batches stop waiting for it until its next frame."""
+        with self._cond:
+            self._live.discard(camera)
+            self._cond.notify()
+
+    def dropped(self) -> dict[str, int]:
+        with self._cond:
+            return dict(self._dropped)
+
+    def _collect(self, batch: list[Frame], max_batch: int) -> None:
+        n = len(self._order)
+        start = self._next
+        taken = {f.camera for f in batch}
+        for k in range(n):
+            if len(batch) >= max_batch:
+                break
+            camera = self._order[(start + k) % n]
+            frame = self._slots[camera]
+            if frame is not None and camera not in taken:
+                self._slots[camera] = None
+                batch.append(frame)
+                self._next = (start + k + 1) % n
+
+    def take_batch(self, max_batch: int, max_wait_ms: float, stop: threading.Event,
+                   idle_poll_s: float = 0.1) -> list[Frame]:
+        """Block until a batch is ready or `stop` is set (then returns what it has, maybe [])."""
+        batch: list[Frame] = []
+        with self._cond:
+            while not batch:
+                if stop.is_set():
+                    return batch
+                self._collect(batch, max_batch)
+                if not batch:
+                    self._cond.wait(idle_poll_s)
+            deadline = self._clock_ns() + int(max_wait_ms * 1e6)
+            while len(batch) < min(max_batch, len(self._live | {f.camera for f in batch})) \
+                    and not stop.is_set():
+                remaining_s = (deadline - self._clock_ns()) / 1e9
+                if remaining_s <= 0:
+                    break
+                self._cond.wait(remaining_s)
+                self._collect(batch, max_batch)
+        stamp = time.monotonic_ns()
+        for frame in batch:
+            frame.stamps.batched = stamp
+        return batch
