@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from edge_agent.commands import infer
+from edge_agent.commands import check_config, demo, infer, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,9 +14,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edge-agent",
         description="Edge video analytics: RTSP cameras, batched YOLO inference, MQTT out.",
     )
-    parser.add_argument("--log-level", default="WARNING",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default WARNING")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="default INFO (logs go to stderr)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run.add_parser(sub)
+    demo.add_parser(sub)
+    check_config.add_parser(sub)
     infer.add_parser(sub)
     return parser
 

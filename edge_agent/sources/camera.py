@@ -160,18 +160,20 @@ class CameraSource:
         start_ns = time.monotonic_ns()
         first_pts_s: float | None = None
         for packet in container.demux(stream):
-            received_ns = time.monotonic_ns()
             if self._stop.is_set():
                 return "stopped"
+            if pace and packet.pts is not None and packet.time_base is not None:
+                # A file plays like a camera: each packet is released at its own time, before
+                # decoding, so the decode stage measures the same work as for a live stream.
+                pts_s = float(packet.pts * packet.time_base)
+                first_pts_s = pts_s if first_pts_s is None else first_pts_s
+                delay_s = (pts_s - first_pts_s) - (time.monotonic_ns() - start_ns) / 1e9
+                if delay_s > 0 and self._stop.wait(delay_s):
+                    return "stopped"
+            received_ns = time.monotonic_ns()
             for frame in packet.decode():
                 self.decoded_frames += 1
                 t_s = frame.time if frame.time is not None else received_ns / 1e9
-                if pace:
-                    first_pts_s = t_s if first_pts_s is None else first_pts_s
-                    delay_s = (t_s - first_pts_s) - (time.monotonic_ns() - start_ns) / 1e9
-                    if delay_s > 0 and self._stop.wait(delay_s):
-                        return "stopped"
-                    received_ns = time.monotonic_ns()
                 if not gate.keep(t_s):
                     continue
                 self._emit(frame, received_ns)
