@@ -8,40 +8,15 @@ import json
 import time
 
 import pytest
-from harness import CAMERAS, DEMO_VIDEOS, DaemonProcess, write_config
+from harness import CAMERAS, DaemonProcess, write_config
 
-from edge_agent.devtools.mosquitto import MosquittoServer, mosquitto_unavailable
+from edge_agent.devtools.mosquitto import MosquittoServer
 from edge_agent.devtools.mqtt_watch import MqttWatch, Received
-from edge_agent.devtools.rtsp import RtspServer, rtsp_server_unavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 TIMINGS = {"decode", "queue", "preprocess", "infer", "postprocess", "publish", "total"}
 PREFIX = "edge/test-node"
-
-
-@pytest.fixture(scope="module")
-def servers_available():
-    reason = mosquitto_unavailable() or rtsp_server_unavailable()
-    if reason:
-        pytest.skip(reason)
-
-
-@pytest.fixture
-def broker(servers_available):
-    with MosquittoServer() as server:
-        yield server
-
-
-@pytest.fixture
-def cameras(servers_available):
-    """One RTSP server per camera, so that one camera can be killed or hung alone."""
-    servers = {name: RtspServer({name: DEMO_VIDEOS / f"{name}.mp4"}) for name in CAMERAS}
-    for server in servers.values():
-        server.start()
-    yield servers
-    for server in servers.values():
-        server.close()
 
 
 def _detections(messages: list[Received], camera: str, since_ns: int = 0) -> list[dict]:

@@ -154,12 +154,22 @@ class CameraConfig(_Section):
         return url_scheme(self.url) in (None, "file")
 
 
+class MetricsConfig(_Section):
+    """Prometheus metrics and /healthz over HTTP; loopback by default, as it needs no auth."""
+
+    enabled: bool = True
+    host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
+    port: int = Field(default=9108, ge=1, le=65535)
+
+
 class EdgeConfig(_Section):
     node: NodeConfig
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     model: ModelConfig
     cameras: tuple[CameraConfig, ...] = Field(min_length=1, max_length=256)
     stats_interval_s: float = Field(default=10, ge=1, le=3600)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    watch_config: bool = Field(default=True, description="reload when the file changes on disk")
 
     @field_validator("cameras")
     @classmethod

@@ -75,6 +75,7 @@ class Detector:
         self.class_names = np.asarray(class_names)
         self.input_hw = input_hw
         self.settings = settings or DetectorSettings()
+        self.dynamic_hw = dynamic_hw
         self.rect = self.settings.rect and dynamic_hw
         self.buffers = BatchBuffers(self.settings.max_batch)
 

@@ -64,6 +64,13 @@ class InferenceLoop:
     def set_class_filter(self, camera: str, class_ids: np.ndarray | None) -> None:
         self._class_filters[camera] = class_ids
 
+    def swap_model(self, model: LoadedModel, *, max_batch: int, max_wait_ms: float) -> LoadedModel:
+        """Use `model` from the next batch on; returns the previous one. The batch in flight
+        holds its own reference, so the old model lives until that batch is done."""
+        previous, self._model = self._model, model
+        self.max_batch, self.max_wait_ms = max_batch, max_wait_ms
+        return previous
+
     def start(self) -> None:
         self._thread.start()
 

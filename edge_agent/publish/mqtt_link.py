@@ -49,6 +49,7 @@ class Topics:
     """Topic names under `{prefix}/{node}/`."""
 
     def __init__(self, prefix: str, node: str) -> None:
+        self.node = node
         self.base = f"{prefix}/{node}"
         self.available = f"{self.base}/available"
         self.stats = f"{self.base}/stats"
@@ -58,6 +59,13 @@ class Topics:
 
     def status(self, camera: str) -> str:
         return f"{self.base}/{camera}/status"
+
+    def command(self, name: str) -> str:
+        """Commands in, e.g. `cmd/config/reload`; each is answered on `<command>/result`."""
+        return f"{self.base}/cmd/{name}"
+
+    def command_result(self, name: str) -> str:
+        return f"{self.base}/cmd/{name}/result"
 
 
 def encode(payload: dict[str, Any]) -> bytes:
@@ -72,6 +80,8 @@ class MqttLink:
         self._on_state = on_state
         self._lock = threading.Lock()
         self._retained: dict[str, bytes] = {}  # republished after every (re)connect
+        # Commands: topic -> handler, run on paho's network thread, so handlers only enqueue.
+        self._handlers: dict[str, Callable[[bytes], None]] = {}
         self.state = LinkState.DISCONNECTED
         self.last_reason = "not connected yet"
         self.connected_event = threading.Event()
@@ -87,6 +97,7 @@ class MqttLink:
         client.max_queued_messages_set(MAX_QUEUED_MESSAGES)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
         self._client = client
 
     def start(self) -> None:
@@ -115,6 +126,23 @@ class MqttLink:
             self.dropped += 1
             return False
         return True
+
+    def on_command(self, topic: str, handler: Callable[[bytes], None]) -> None:
+        """Route messages on `topic` to `handler` (subscribed now and after every reconnect)."""
+        with self._lock:
+            self._handlers[topic] = handler
+        if self.state == LinkState.CONNECTED:
+            self._client.subscribe(topic, qos=1)
+
+    def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            handler = self._handlers.get(msg.topic)
+        if handler is None:
+            return
+        try:
+            handler(bytes(msg.payload))
+        except Exception:  # a bad command must not kill paho's network thread
+            log.exception("MQTT command handler for %s failed", msg.topic)
 
     def clear_retained(self, topic: str) -> None:
         """Remove a retained message from the broker (an empty retained payload deletes it)."""
@@ -147,8 +175,11 @@ class MqttLink:
         client.publish(self.topics.available, b"online", qos=1, retain=True)
         with self._lock:
             retained = list(self._retained.items())
+            commands = list(self._handlers)
         for topic, payload in retained:
             client.publish(topic, payload, qos=1, retain=True)
+        for topic in commands:
+            client.subscribe(topic, qos=1)
         self._set_state(LinkState.CONNECTED, "connected")
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: object,

@@ -20,10 +20,9 @@ log = logging.getLogger(__name__)
 
 
 class ResultPublisher:
-    def __init__(self, link: MqttLink, node: str, *, detections_qos: int = 0, queue_size: int = 1024,
+    def __init__(self, link: MqttLink, *, detections_qos: int = 0, queue_size: int = 1024,
                  on_published: Callable[[DetectionResult], None] | None = None) -> None:
         self._link = link
-        self._node = node
         self.detections_qos = detections_qos
         self._queue: queue.Queue[DetectionResult] = queue.Queue(maxsize=queue_size)
         self._on_published = on_published
@@ -31,6 +30,10 @@ class ResultPublisher:
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
         self.published = 0
         self.queue_full_drops = 0
+
+    def set_link(self, link: MqttLink) -> None:
+        """Publish through a new connection (broker settings changed); takes effect per message."""
+        self._link = link
 
     def submit(self, result: DetectionResult) -> None:
         try:
@@ -59,8 +62,9 @@ class ResultPublisher:
 
     def _publish(self, result: DetectionResult) -> None:
         result.stamps.published = time.monotonic_ns()
-        payload = encode(result.payload(self._node))
-        if self._link.publish(self._link.topics.detections(result.camera), payload, self.detections_qos):
+        link = self._link
+        payload = encode(result.payload(link.topics.node))
+        if link.publish(link.topics.detections(result.camera), payload, self.detections_qos):
             self.published += 1
         if self._on_published is not None:
             try:

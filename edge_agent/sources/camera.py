@@ -103,7 +103,10 @@ class CameraSource:
             if state == self._state:
                 return
             self._state = state
-        log.info("camera %s: %s (%s)", self.name, state.value, reason)
+        event = {CameraState.RECONNECTING: "camera_reconnect", CameraState.STALLED: "camera_stalled",
+                 CameraState.ONLINE: "camera_online", CameraState.DISABLED: "camera_disabled"}[state]
+        log.info("camera %s: %s (%s)", self.name, state.value, reason,
+                 extra={"event": event, "camera": self.name, "reason": reason})
         self._on_status(CameraStatus(self.name, state, reason, time.time()))
 
     def check_stall(self, now_ns: int) -> None:
