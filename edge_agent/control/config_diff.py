@@ -53,6 +53,8 @@ def diff(old: EdgeConfig, new: EdgeConfig) -> ConfigDiff:
     if model or detector_changes:
         what = _changed_fields(old.model, new.model, model_fields + detector_fields)
         summary.append(f"model changed: {', '.join(what)}")
+    if old.metrics != new.metrics or old.watch_config != new.watch_config:
+        summary.append("metrics/watch_config changed: takes effect at the next restart")
     stats_interval = old.stats_interval_s != new.stats_interval_s
     if stats_interval:
         summary.append(f"stats_interval_s {old.stats_interval_s:g} -> {new.stats_interval_s:g}")
