@@ -42,6 +42,8 @@ class Manifest(BaseModel):
     class_names: tuple[str, ...] = Field(min_length=1)
     created: str
     parent: str | None = None
+    # A new version may change the class list only when its manifest says so (validated on swap).
+    class_change: bool = False
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     calibration: dict[str, Any] = Field(default_factory=dict)
