@@ -32,13 +32,15 @@ def open_model(
     runner_options: dict[str, Any] | None = None,
     warmup: bool = True,
     input_size: tuple[int, int] | None = None,
+    manifest: Manifest | None = None,
 ) -> LoadedModel:
-    """Load `model_path` after checking its size and sha256 against the manifest beside it.
+    """Load `model_path` after checking its size and sha256 against its manifest (the one given,
+    e.g. from the model store, or the `.manifest.json` beside the file).
 
     A model whose bytes do not match its manifest is never loaded: the manifest is what was
     tested, signed and shipped; anything else is an unknown file.
     """
-    manifest = Manifest.load(manifest_path_for(model_path))
+    manifest = manifest or Manifest.load(manifest_path_for(model_path))
     manifest.verify_file(model_path)
     runner = load_runner(model_path, backend, **(runner_options or {}))
     input_hw, dynamic_hw = model_input_size(runner, input_size or manifest.input_size)

@@ -46,12 +46,14 @@ def random_part(rng: np.random.Generator, class_id: int, cx: float, cy: float) -
 def random_scratch(rng: np.random.Generator, cx: float, cy: float) -> Part:
     n = int(rng.integers(4, 7))
     xs = np.linspace(-0.5, 0.5, n)
-    ys = rng.normal(0.0, 0.06, size=n)
+    # A zig-zag, not a straight cut: alternating offsets keep the box at least ~1/5 as tall as it is
+    # long, so a scratch never has a box a few pixels thick whose IoU collapses on a 1 px error.
+    ys = np.where(np.arange(n) % 2 == 0, 1.0, -1.0) * rng.uniform(0.06, 0.12, size=n)
     stroke = tuple((float(x), float(y)) for x, y in zip(xs, ys, strict=True))
     g = int(rng.integers(215, 256))
     color = (g, g, g) if rng.random() < 0.7 else (70, 150, 235)  # bright metal or rust
-    return Part(SCRATCH, cx, cy, float(rng.uniform(0.14, 0.26)), float(rng.uniform(0, 180)),
-                color, stroke)
+    angle = float(rng.uniform(15, 75)) + (90.0 if rng.random() < 0.5 else 0.0)
+    return Part(SCRATCH, cx, cy, float(rng.uniform(0.16, 0.28)), angle, color, stroke)
 
 
 def _extent(part: Part) -> tuple[float, float, float, float]:
@@ -74,7 +76,7 @@ def random_parts(rng: np.random.Generator, aspect: float, max_parts: int = 7) ->
     for _ in range(target * 6):  # bounded rejection sampling
         if len(parts) >= target:
             break
-        class_id = int(rng.choice([NUT, WASHER, BRACKET, SCRATCH], p=[0.28, 0.28, 0.26, 0.18]))
+        class_id = int(rng.choice([NUT, WASHER, BRACKET, SCRATCH], p=[0.26, 0.26, 0.24, 0.24]))
         # Centres may sit slightly outside the frame: clipped parts at the edges are realistic.
         part = random_part(rng, class_id, float(rng.uniform(-0.05, aspect + 0.05)),
                            float(rng.uniform(0.18, 0.82)))
@@ -83,7 +85,7 @@ def random_parts(rng: np.random.Generator, aspect: float, max_parts: int = 7) ->
                or _covered_fraction(box, _extent(p)) > MAX_COVERED_FRACTION for p in parts):
             continue
         parts.append(part)
-        if class_id != SCRATCH and rng.random() < 0.25:
+        if class_id != SCRATCH and rng.random() < 0.3:
             # A scratch across this part: the defect the line actually cares about.
             parts.append(random_scratch(rng, part.cx + float(rng.normal(0, part.size * 0.1)),
                                         part.cy + float(rng.normal(0, part.size * 0.1))))

@@ -95,7 +95,9 @@ def _outline_points(part: Part, px_per_unit: float) -> np.ndarray:
 
 
 def _scratch_thickness(height: int) -> int:
-    return max(2, round(height / 90))
+    # About 3 px at the model's 320-wide input: thinner strokes were the one class the first demo
+    # model could not learn well (AP50 0.58 vs 0.99 for the parts).
+    return max(3, round(height / 60))
 
 
 def _draw_part(img: np.ndarray, part: Part, px_per_unit: float) -> None:
