@@ -80,7 +80,7 @@ def detector_settings(config: EdgeConfig) -> DetectorSettings:
 class Daemon:
     def __init__(self, config: EdgeConfig, *, model_opener: ModelOpener = open_model) -> None:
         self.config = config
-        self._open_model = model_opener
+        self.model_opener = model_opener  # replaced by the model manager when a store is configured
         self.clock = WallClock()
         self.stats = StatsCollector()
         self.slots = FrameSlots()
@@ -102,7 +102,7 @@ class Daemon:
 
     def _load_model(self, config: EdgeConfig) -> LoadedModel:
         m = config.model
-        return self._open_model(Path(m.path), backend=m.backend, settings=detector_settings(config),
+        return self.model_opener(Path(m.path), backend=m.backend, settings=detector_settings(config),
                                 runner_options={"threads": m.threads}, input_size=m.input_size)
 
     def start(self) -> None:
@@ -182,7 +182,8 @@ class Daemon:
             model = self._model_for(change, new, loop.model)
             filters = {c.name: class_filter(c, model.manifest.class_names) for c in new.cameras}
             if change.model or change.detector:
-                loop.swap_model(model, max_batch=new.model.max_batch, max_wait_ms=new.model.max_wait_ms)
+                loop.swap_model(model, max_batch=new.model.max_batch, max_wait_ms=new.model.max_wait_ms,
+                                class_filters=filters)
             if change.mqtt:
                 old_link, self.link = self.link, self._new_link(new)
                 publisher.set_link(self.link)
@@ -200,6 +201,18 @@ class Daemon:
             self.config = new
             log.info("config applied: %s", "; ".join(change.summary), extra={"event": "config_applied"})
             return change
+
+    def swap_model(self, model: LoadedModel) -> LoadedModel:
+        """Serve `model` from the next batch on (never inside one); returns the previous model."""
+        loop = self.loop
+        if loop is None:
+            raise DaemonError("the daemon is not running")
+        filters = {c.name: class_filter(c, model.manifest.class_names) for c in self.config.cameras}
+        previous = loop.swap_model(model, max_batch=self.config.model.max_batch,
+                                   max_wait_ms=self.config.model.max_wait_ms, class_filters=filters)
+        log.info("model swapped: %s -> %s", previous.label, model.label,
+                 extra={"event": "model_swapped", "sha256": model.manifest.sha256})
+        return previous
 
     def _model_for(self, change: ConfigDiff, new: EdgeConfig, current: LoadedModel) -> LoadedModel:
         if change.model:

@@ -60,6 +60,7 @@ class DetectionResult:
     objects: list[DetectedObject]
     batch_size: int
     stamps: Stamps
+    batch: int = 0  # sequence number of the batch: one model per batch, visible to subscribers
 
     def payload(self, node: str) -> dict[str, Any]:
         return {
@@ -76,4 +77,5 @@ class DetectionResult:
             ],
             "timings_ms": self.stamps.timings_ms(),
             "batch_size": self.batch_size,
+            "batch": self.batch,
         }

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import FrameType
 
 from edge_agent.config.loader import ConfigError, load_config
+from edge_agent.control.model_manager import ModelManager
 from edge_agent.control.reloader import RELOAD_COMMAND, ConfigReloader
 from edge_agent.control.systemd import Notifier, WatchdogPinger, watchdog_interval_s
 from edge_agent.daemon import Daemon
@@ -35,6 +36,7 @@ class Service:
         self.daemon: Daemon | None = None
         self.reloader: ConfigReloader | None = None
         self.metrics: MetricsServer | None = None
+        self.manager: ModelManager | None = None
         self.notifier = Notifier()
 
     def _status_line(self) -> str:
@@ -90,7 +92,18 @@ class Service:
         except ConfigError as exc:
             log.error("invalid config, not starting:\n%s", exc, extra={"event": "config_rejected"})
             return 1
-        self.daemon = daemon = Daemon(config)
+        manager: ModelManager | None = None
+        if config.store is not None:
+            # With a model store, the store's active version is served (the config's model file
+            # only seeds a fresh node), and versions move by signed pull commands.
+            self.daemon = daemon = Daemon(config)
+            manager = ModelManager(daemon, config.store, config.p2p)
+            manager.bootstrap(config)
+            daemon.model_opener = manager.model_opener
+            daemon.on_link_created.append(manager.attach)
+        else:
+            self.daemon = daemon = Daemon(config)
+        self.manager = manager
         self.reloader = ConfigReloader(self.config_path, daemon.apply, self._publish_reload_result)
         daemon.on_link_created.append(self._attach_commands)
         watchdog_s = watchdog_interval_s()
@@ -105,6 +118,8 @@ class Service:
             self._stop_metrics()
             return 1
         self.reloader.start(watch=config.watch_config)
+        if manager is not None:
+            manager.start()
         self.notifier.notify("READY=1", f"STATUS={self._status_line()}")
         pinger = None
         if watchdog_s is not None:
@@ -117,6 +132,8 @@ class Service:
         if pinger is not None:
             pinger.stop(0.5)
         self.reloader.stop(0.5)
+        if manager is not None:
+            manager.stop()
         daemon.stop(timeout_s=max(0.5, SHUTDOWN_BUDGET_S - (time.monotonic() - started)))
         self._stop_metrics()
         self.notifier.close()

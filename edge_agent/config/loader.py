@@ -300,7 +300,15 @@ def _resolve_paths(config: EdgeConfig, base: Path) -> EdgeConfig:
         if url_scheme(camera.url) is None else camera
         for camera in config.cameras
     )
-    return config.model_copy(update={"mqtt": mqtt, "model": model, "cameras": cameras})
+    update: dict[str, object] = {"mqtt": mqtt, "model": model, "cameras": cameras}
+    if config.store is not None:
+        s = config.store
+        update["store"] = s.model_copy(update={
+            "state_dir": _under(base, s.state_dir), "calibration_dir": _under(base, s.calibration_dir),
+            "trusted_keys": tuple(_under(base, k) for k in s.trusted_keys)})
+    if config.p2p is not None:
+        update["p2p"] = config.p2p.model_copy(update={"token_file": _under(base, config.p2p.token_file)})
+    return config.model_copy(update=update)
 
 
 def _under(base: Path, path: Path | None) -> Path | None:

@@ -162,6 +162,37 @@ class MetricsConfig(_Section):
     port: int = Field(default=9108, ge=1, le=65535)
 
 
+class ProbationConfig(_Section):
+    """After a swap, the new model is watched; a regression rolls back to the previous one."""
+
+    window_s: float = Field(default=60, ge=0, le=86400)  # 0: no probation
+    min_batches: int = Field(default=20, ge=1, le=1_000_000)  # judged only after this many
+    max_latency_factor: float = Field(default=1.5, gt=1, le=100)  # infer ms/image vs before the swap
+    max_error_rate: float = Field(default=0.05, ge=0, le=1)  # failed batches / batches
+
+
+class StoreConfig(_Section):
+    """Model versions: a content-addressed store; only manifests signed by these keys are accepted."""
+
+    state_dir: Path
+    trusted_keys: tuple[Path, ...] = Field(min_length=1)
+    # Calibration images stay on each node (only ONNX travels); default: the bootstrap model's.
+    calibration_dir: Path | None = None
+    latency_factor: float = Field(default=1.5, gt=1, le=100)  # candidate vs active, before a swap
+    probation: ProbationConfig = Field(default_factory=ProbationConfig)
+
+
+class PeersConfig(_Section):
+    """This node's model server for its neighbours, and where it fetches from."""
+
+    listen_host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
+    listen_port: int = Field(default=8765, ge=1, le=65535)
+    advertise_url: str | None = Field(default=None, pattern=r"^https?://", max_length=2048)
+    token_file: Path  # bearer token shared by the fleet; never in this file
+    peers: tuple[Annotated[str, Field(pattern=r"^https?://", max_length=2048)], ...] = ()
+    rate_limit_bps: int | None = Field(default=None, ge=1024)
+
+
 class EdgeConfig(_Section):
     node: NodeConfig
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
@@ -170,6 +201,8 @@ class EdgeConfig(_Section):
     stats_interval_s: float = Field(default=10, ge=1, le=3600)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     watch_config: bool = Field(default=True, description="reload when the file changes on disk")
+    store: StoreConfig | None = None
+    p2p: PeersConfig | None = None
 
     @field_validator("cameras")
     @classmethod

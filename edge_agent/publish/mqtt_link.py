@@ -128,7 +128,8 @@ class MqttLink:
         return True
 
     def on_command(self, topic: str, handler: Callable[[bytes], None]) -> None:
-        """Route messages on `topic` to `handler` (subscribed now and after every reconnect)."""
+        """Route messages on `topic` (a filter: `+`/`#` allowed) to `handler`; subscribed now and
+        after every reconnect."""
         with self._lock:
             self._handlers[topic] = handler
         if self.state == LinkState.CONNECTED:
@@ -136,13 +137,12 @@ class MqttLink:
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
-            handler = self._handlers.get(msg.topic)
-        if handler is None:
-            return
-        try:
-            handler(bytes(msg.payload))
-        except Exception:  # a bad command must not kill paho's network thread
-            log.exception("MQTT command handler for %s failed", msg.topic)
+            matching = [h for f, h in self._handlers.items() if mqtt.topic_matches_sub(f, msg.topic)]
+        for handler in matching:
+            try:
+                handler(bytes(msg.payload))
+            except Exception:  # a bad command must not kill paho's network thread
+                log.exception("MQTT command handler for %s failed", msg.topic)
 
     def clear_retained(self, topic: str) -> None:
         """Remove a retained message from the broker (an empty retained payload deletes it)."""
