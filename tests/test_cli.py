@@ -27,7 +27,8 @@ def test_infer_prints_the_calibration_detections(demo_model, demo_manifest, cali
     """`infer` prints JSON whose objects are the calibration image's expected detections."""
     entry = next(e for e in demo_manifest.calibration["images"] if e["expected"])
     image = calibration_dir / entry["file"]
-    out = _edge_agent("infer", "--model", str(demo_model), str(image), "--annotate", str(tmp_path))
+    rect = ["--rect"] if demo_manifest.calibration.get("rect") else []
+    out = _edge_agent("infer", "--model", str(demo_model), str(image), "--annotate", str(tmp_path), *rect)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["model"]["sha256"] == demo_manifest.sha256[:12]

@@ -64,8 +64,8 @@ def test_manifest_rejects_bad_fields(demo_manifest):
 def test_calibration_images_give_their_expected_detections(demo_model, demo_manifest, calibration_dir):
     """Our runtime (no torch) reproduces the detections recorded in the manifest at export time."""
     calib = demo_manifest.calibration
-    model = open_model(demo_model, settings=DetectorSettings(conf_threshold=calib["conf"],
-                                                             iou_threshold=calib["iou"]), warmup=False)
+    model = open_model(demo_model, settings=DetectorSettings(conf_threshold=calib["conf"], iou_threshold=calib["iou"],
+                                                             rect=calib.get("rect", False)), warmup=False)
     report = check_calibration(model.detector, calib, calibration_dir)
     assert report.problems == []
     assert report.images == len(calib["images"]) >= 3
@@ -80,7 +80,7 @@ def test_calibration_check_catches_a_wrong_expectation(demo_model, demo_manifest
     moved = dict(first["expected"][0])
     moved["box"] = [v + 40 for v in moved["box"]]
     first["expected"] = [moved, *first["expected"][1:]]
-    model = open_model(demo_model, warmup=False)
+    model = open_model(demo_model, settings=DetectorSettings(rect=calib.get("rect", False)), warmup=False)
     report = check_calibration(model.detector, {**calib, "images": entries}, calibration_dir)
     assert not report.ok
     assert any(first["file"] in p for p in report.problems)

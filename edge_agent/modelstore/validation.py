@@ -186,7 +186,8 @@ def _calibration(cand: _Candidate, calibration_dir: Path) -> str:
                 hashlib.sha256(path.read_bytes()).hexdigest() != expected_sha:
             raise StepFailedError(f"calibration image {name} in {calibration_dir} is not the one recorded")
     settings = DetectorSettings(conf_threshold=float(calib.get("conf", 0.25)),
-                                iou_threshold=float(calib.get("iou", 0.7)), max_batch=1)
+                                iou_threshold=float(calib.get("iou", 0.7)), max_batch=1,
+                                rect=bool(calib.get("rect", False)))
     report = check_calibration(cand.detector(settings), calib, calibration_dir)
     if not report.ok:
         shown = "; ".join(report.problems[:5])

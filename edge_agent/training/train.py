@@ -76,7 +76,8 @@ def _write_calibration(onnx_path: Path, out_dir: Path, imgsz: int, count: int) -
     for i, sample in enumerate(dataset.generate(CALIBRATION_SEED, count, width=1280, height=720)):
         name = f"calib_{i:02d}.png"  # lossless, so every decoder sees the same pixels
         cv2.imwrite(str(out_dir / name), sample.image)
-        result = reference.predict(sample.image, imgsz=imgsz, conf=0.25, iou=0.7, verbose=False)[0]
+        # rect=True is Ultralytics' predict default (and the daemon's): 16:9 frames run at 320x192.
+        result = reference.predict(sample.image, imgsz=imgsz, conf=0.25, iou=0.7, rect=True, verbose=False)[0]
         boxes = result.boxes
         expected = [
             {"class_id": int(c), "label": CLASS_NAMES[int(c)], "confidence": round(float(p), 5),
@@ -150,7 +151,7 @@ def train(args: argparse.Namespace) -> Manifest:
             "command": "python -m edge_agent.training " + " ".join(sys.argv[1:]),
         },
         metrics=metrics,
-        calibration={"dir": calib_dir.name, "conf": 0.25, "iou": 0.7, "images": calibration},
+        calibration={"dir": calib_dir.name, "conf": 0.25, "iou": 0.7, "rect": True, "images": calibration},
     )
     manifest_path = out / f"{args.name}.manifest.json"
     manifest_path.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
