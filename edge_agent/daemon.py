@@ -25,7 +25,10 @@ from edge_agent.frame import WallClock
 from edge_agent.inference.detector import Detector, DetectorSettings
 from edge_agent.inference.loading import LoadedModel, open_model
 from edge_agent.messages import CameraState, CameraStatus, DetectionResult
+from edge_agent.pipeline.analytics_stage import AnalyticsStage, unknown_rule_classes
 from edge_agent.pipeline.inference_loop import InferenceLoop
+from edge_agent.publish.alarm_publisher import AlarmPublisher
+from edge_agent.publish.alarm_spool import AlarmSpool
 from edge_agent.publish.mqtt_link import LinkState, MqttEndpoint, MqttLink, Topics, encode
 from edge_agent.publish.result_publisher import ResultPublisher
 from edge_agent.sources.camera import CameraSource, SourceOptions
@@ -70,6 +73,14 @@ def class_filter(cam: CameraConfig, class_names: tuple[str, ...]) -> np.ndarray 
     return np.array([class_names.index(c) for c in cam.classes], dtype=np.int64)
 
 
+def check_rule_classes(cameras: tuple[CameraConfig, ...], class_names: tuple[str, ...]) -> None:
+    for cam in cameras:
+        unknown = unknown_rule_classes(cam, class_names)
+        if unknown:
+            raise DaemonError(f"camera {cam.name}: alarm rules name classes {unknown} that the model does not "
+                              f"know (it knows {list(class_names)})")
+
+
 def detector_settings(config: EdgeConfig) -> DetectorSettings:
     m = config.model
     # rect: a dynamic model runs 16:9 cameras at 320x192 instead of 320x320, as Ultralytics does.
@@ -89,6 +100,8 @@ class Daemon:
         self.link: MqttLink | None = None
         self.publisher: ResultPublisher | None = None
         self.loop: InferenceLoop | None = None
+        self.alarms: AlarmPublisher | None = None
+        self.analytics: AnalyticsStage | None = None
         self.last_stats: dict[str, Any] = {}
         self.on_link_created: list[Callable[[MqttLink], None]] = []  # command handlers re-attach
         self.on_published: list[Callable[[DetectionResult], None]] = [self.stats.record]
@@ -109,7 +122,18 @@ class Daemon:
         cfg = self.config
         model = self._load_model(cfg)
         filters = {c.name: class_filter(c, model.manifest.class_names) for c in cfg.cameras}
+        check_rule_classes(cfg.cameras, model.manifest.class_names)
         self.link = self._new_link(cfg)
+        if cfg.alarms is not None:
+            spool = AlarmSpool(cfg.alarms.spool_dir, max_messages=cfg.alarms.max_messages,
+                               max_bytes=cfg.alarms.max_bytes)
+            self.alarms = AlarmPublisher(self.link, spool)
+            self.alarms.start()
+            self.analytics = AnalyticsStage(self.alarms)
+            self.on_published.append(self.analytics.on_result)
+            for cam in cfg.cameras:
+                if cam.enabled and cam.analytics:
+                    self.analytics.configure(cam)
         self.publisher = ResultPublisher(self.link, detections_qos=cfg.mqtt.detections_qos,
                                          on_published=self._published)
         self.publisher.start()
@@ -165,6 +189,8 @@ class Daemon:
     def _publish_status(self, status: CameraStatus) -> None:
         if status.state != CameraState.ONLINE:
             self.slots.set_not_live(status.camera)
+            if self.analytics is not None:
+                self.analytics.end_camera(status.camera, f"camera {status.state.value}: {status.reason}")
         self.statuses[status.camera] = status
         link = self.link
         if link is not None:
@@ -184,23 +210,33 @@ class Daemon:
             if change.model or change.detector:
                 loop.swap_model(model, max_batch=new.model.max_batch, max_wait_ms=new.model.max_wait_ms,
                                 class_filters=filters)
+            check_rule_classes(new.cameras, model.manifest.class_names)
             if change.mqtt:
                 old_link, self.link = self.link, self._new_link(new)
                 publisher.set_link(self.link)
+                if self.alarms is not None:
+                    self.alarms.set_link(self.link)
                 if old_link is not None:
                     old_link.stop()
             publisher.detections_qos = new.mqtt.detections_qos
-            for name in change.removed:
-                self._stop_camera(name, reason="removed from config", clear=True)
-            for cam in change.changed:
-                self._stop_camera(cam.name, reason="restarting with new settings", clear=False)
             for name, class_ids in filters.items():
                 loop.set_class_filter(name, class_ids)
-            for cam in change.changed + change.added:
-                self._start_camera(cam)
+            self._apply_cameras(change)
             self.config = new
             log.info("config applied: %s", "; ".join(change.summary), extra={"event": "config_applied"})
             return change
+
+    def _apply_cameras(self, change: ConfigDiff) -> None:
+        for name in change.removed:
+            self._stop_camera(name, reason="removed from config", clear=True)
+            if self.analytics is not None:
+                self.analytics.remove(name)
+        for cam in change.changed:
+            self._stop_camera(cam.name, reason="restarting with new settings", clear=False)
+        for cam in change.changed + change.added:
+            if self.analytics is not None:
+                self.analytics.configure(cam)
+            self._start_camera(cam)
 
     def swap_model(self, model: LoadedModel) -> LoadedModel:
         """Serve `model` from the next batch on (never inside one); returns the previous model."""
@@ -279,6 +315,10 @@ class Daemon:
             self.publisher.stop(max(0.1, deadline - time.monotonic() - 1.0))
         for name in self.sources:
             self._publish_status(CameraStatus(name, CameraState.DISABLED, "edge-agent stopped", time.time()))
+        if self.alarms is not None:
+            # Deliver what the broker can take now; the rest stays spooled for the next start.
+            self.alarms.wait_drained(max(0.0, deadline - time.monotonic() - 1.0))
+            self.alarms.stop(timeout_s=0.5)
         if self.link is not None:
             self.link.stop(max(0.1, deadline - time.monotonic()))
         if self._supervisor.is_alive():

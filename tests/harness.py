@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,6 +61,15 @@ class DaemonProcess:
                 return True
             if self.proc.poll() is not None:
                 return text.lower() in self.log().lower()
+            time.sleep(0.1)
+        return False
+
+    def wait_for_log_count(self, pattern: str, count: int, timeout_s: float) -> bool:
+        """Bounded wait until `pattern` (a regex) matches at least `count` times in the log."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if len(re.findall(pattern, self.log())) >= count:
+                return True
             time.sleep(0.1)
         return False
 

@@ -306,6 +306,8 @@ def _resolve_paths(config: EdgeConfig, base: Path) -> EdgeConfig:
         update["store"] = s.model_copy(update={
             "state_dir": _under(base, s.state_dir), "calibration_dir": _under(base, s.calibration_dir),
             "trusted_keys": tuple(_under(base, k) for k in s.trusted_keys)})
+    if config.alarms is not None:
+        update["alarms"] = config.alarms.model_copy(update={"spool_dir": _under(base, config.alarms.spool_dir)})
     if config.p2p is not None:
         update["p2p"] = config.p2p.model_copy(update={"token_file": _under(base, config.p2p.token_file)})
     return config.model_copy(update=update)

@@ -17,6 +17,8 @@ from typing import Annotated, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from edge_agent.analytics.config import AnalyticsConfig
+
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _NAME_HELP = "1-64 letters, digits, '_' or '-'"
 # Levels separated by single '/', no wildcards, no empty level, no leading or trailing '/'.
@@ -138,6 +140,7 @@ class CameraConfig(_Section):
     open_timeout_s: float = Field(default=5, ge=0.5, le=120)
     loop: bool = True
     realtime: bool = True
+    analytics: AnalyticsConfig | None = None  # zones, lines, tracking and alarm rules
 
     @field_validator("url")
     @classmethod
@@ -193,6 +196,15 @@ class PeersConfig(_Section):
     rate_limit_bps: int | None = Field(default=None, ge=1024)
 
 
+class AlarmsConfig(_Section):
+    """Alarm delivery: events are written to this spool first and leave it only when the broker
+    has acknowledged them, so alarms raised while the broker is away arrive after it returns."""
+
+    spool_dir: Path
+    max_messages: int = Field(default=10_000, ge=10, le=10_000_000)
+    max_bytes: int = Field(default=64 << 20, ge=1 << 16, le=1 << 40)
+
+
 class EdgeConfig(_Section):
     node: NodeConfig
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
@@ -203,6 +215,15 @@ class EdgeConfig(_Section):
     watch_config: bool = Field(default=True, description="reload when the file changes on disk")
     store: StoreConfig | None = None
     p2p: PeersConfig | None = None
+    alarms: AlarmsConfig | None = None
+
+    @model_validator(mode="after")
+    def _spool_for_rules(self) -> Self:
+        with_rules = [c.name for c in self.cameras if c.analytics and c.analytics.rules]
+        if with_rules and self.alarms is None:
+            raise _fail("alarms_needed", f"cameras {with_rules} have alarm rules: add an `alarms` section "
+                        "with a spool_dir, where alarms wait while the broker is away")
+        return self
 
     @field_validator("cameras")
     @classmethod

@@ -75,12 +75,15 @@ class MosquittoServer:
     host = LOOPBACK
 
     def __init__(self, *, username: str | None = None, password: str | None = None,
-                 port: int | None = None, start_timeout_s: float = 10.0) -> None:
+                 port: int | None = None, start_timeout_s: float = 10.0, persistence: bool = False) -> None:
         if (username is None) != (password is None):
             raise ValueError("give both username and password, or neither")
         if username is not None and (not username or ":" in username):
             raise ValueError(f"username must be non-empty and without ':', got {username!r}")
         self._username, self._password = username, password
+        # Persistence keeps sessions (a subscriber's subscriptions and its queued QoS 1 messages)
+        # across a restart, like a production broker; off, a restart forgets everything.
+        self._persistence = persistence
         self._port = port if port is not None else free_loopback_port()
         self._start_timeout_s = start_timeout_s
         self._dir = Path(tempfile.mkdtemp(prefix="mosquitto-"))
@@ -105,7 +108,9 @@ class MosquittoServer:
         return self._proc is not None and self._proc.poll() is None
 
     def _write_config(self) -> Path:
-        lines = [f"listener {self._port} {LOOPBACK}", "persistence false",
+        persist = ["persistence true", f"persistence_location {self._dir}/"] if self._persistence \
+            else ["persistence false"]
+        lines = [f"listener {self._port} {LOOPBACK}", *persist,
                  "log_dest stderr", "log_type error", "log_type warning", "log_type notice",
                  "log_type information", "log_timestamp true", "connection_messages true"]
         if os.geteuid() == 0:

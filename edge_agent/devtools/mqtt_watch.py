@@ -32,13 +32,17 @@ class MqttWatch:
     """Subscribes to `topic` (wildcards allowed) and keeps every message, bounded to `max_keep`."""
 
     def __init__(self, host: str, port: int, topic: str, *, username: str | None = None,
-                 password: str | None = None, max_keep: int = 100_000) -> None:
+                 password: str | None = None, max_keep: int = 100_000, session: str | None = None) -> None:
         self.topic = topic
         self.messages: list[Received] = []
         self._max_keep = max_keep
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"watch-{time.monotonic_ns()}")
+        # A named `session` is persistent: the broker keeps its subscription and queues QoS 1
+        # messages for it while it is disconnected (a broker restart with persistence included).
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=session or f"watch-{time.monotonic_ns()}",
+                                   clean_session=session is None)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=2)
         if username is not None:
             self._client.username_pw_set(username, password)
         self._client.on_connect = self._on_connect

@@ -82,6 +82,7 @@ class MqttLink:
         self._retained: dict[str, bytes] = {}  # republished after every (re)connect
         # Commands: topic -> handler, run on paho's network thread, so handlers only enqueue.
         self._handlers: dict[str, Callable[[bytes], None]] = {}
+        self._unacked: dict[tuple[str, bytes], mqtt.MQTTMessageInfo] = {}
         self.state = LinkState.DISCONNECTED
         self.last_reason = "not connected yet"
         self.connected_event = threading.Event()
@@ -125,6 +126,33 @@ class MqttLink:
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             self.dropped += 1
             return False
+        return True
+
+    def publish_acked(self, topic: str, payload: bytes, timeout_s: float) -> bool:
+        """Publish at QoS 1 and wait for the broker's PUBACK; False if not connected or not
+        acknowledged within `timeout_s`. A message paho already holds (sent, then the connection
+        dropped) is waited on again, not published again: paho resends it itself after the
+        reconnect, and a second copy would reach subscribers twice."""
+        key = (topic, payload)
+        with self._lock:
+            info = self._unacked.get(key)
+        if info is None:
+            if self.state != LinkState.CONNECTED:
+                return False
+            info = self._client.publish(topic, payload, qos=1)
+            if info.rc == mqtt.MQTT_ERR_NO_CONN:
+                # The socket died under this publish: paho keeps the message and resends it after
+                # the reconnect, but leaves rc at NO_CONN, which makes wait_for_publish raise.
+                info.rc = mqtt.MQTT_ERR_SUCCESS
+            elif info.rc != mqtt.MQTT_ERR_SUCCESS:
+                return False  # not queued (queue full): nothing in flight; the caller retries
+            with self._lock:
+                self._unacked[key] = info
+        info.wait_for_publish(timeout_s)
+        if not info.is_published():
+            return False
+        with self._lock:
+            self._unacked = {k: i for k, i in self._unacked.items() if not i.is_published()}
         return True
 
     def on_command(self, topic: str, handler: Callable[[bytes], None]) -> None:

@@ -1,0 +1,53 @@
+"""Camera-count sweeps and their stop rules, as pure functions of the steps measured so far.
+
+A sweep adds cameras in fixed steps. The saturation rule stops it once processed frames/s no
+longer rises: the newest step did not beat the best earlier step by more than `min_gain`. A
+fixed relative margin (not "any rise") keeps run-to-run noise of a saturated system (a few
+percent) from dragging the sweep on; a system that still keeps up gains a whole camera's worth of
+frames per step, far more than the margin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+MIN_GAIN = 0.03
+
+Step = TypeVar("Step")
+
+
+def camera_counts(start: int, step: int, maximum: int) -> list[int]:
+    """start, start + step, ... up to `maximum`, which is always included as the last count."""
+    if start < 1 or step < 1 or maximum < start:
+        raise ValueError(f"need 1 <= start <= maximum and step >= 1, got start={start} step={step} "
+                         f"maximum={maximum}")
+    counts = list(range(start, maximum + 1, step))
+    if counts[-1] != maximum:
+        counts.append(maximum)
+    return counts
+
+
+def saturated(fps_history: Sequence[float], min_gain: float = MIN_GAIN) -> bool:
+    """True once the newest step's frames/s is not above the best earlier one by more than `min_gain`."""
+    if len(fps_history) < 2:
+        return False
+    return fps_history[-1] <= max(fps_history[:-1]) * (1.0 + min_gain)
+
+
+def best(fps_history: Sequence[float]) -> int:
+    """Index of the step with the most frames/s (the earliest of equals: fewer cameras, same work)."""
+    if not fps_history:
+        raise ValueError("no steps measured")
+    top = max(fps_history)
+    return next(i for i, fps in enumerate(fps_history) if fps == top)
+
+
+def sweep(run: Callable[[int], Step], counts: Sequence[int], done: Callable[[list[Step]], bool]) -> list[Step]:
+    """Run `run(n)` for each count in turn until `done(steps so far)` says to stop."""
+    steps: list[Step] = []
+    for n in counts:
+        steps.append(run(n))
+        if done(steps):
+            break
+    return steps
