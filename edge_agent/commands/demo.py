@@ -73,6 +73,12 @@ def _watch_loop(watch: MqttWatch, duration_s: float | None, stop: threading.Even
                     for m in messages if m.topic.endswith("/status") and m.payload}
         print(f"[{now - started:6.1f} s] detections received over MQTT in the last {now - last:.1f} s:")
         print("\n".join(summarize(window, statuses, now - last)), flush=True)
+        for msg in window:
+            if msg.topic.endswith("/alarms"):
+                a = msg.json()
+                extra = f", {a['duration_s']:.1f} s" if a.get("duration_s") is not None else ""
+                print(f"  ALARM {a['state']:<6} {a['rule']} on {a['camera']} ({a['count']} x "
+                      f"{'/'.join(a['labels'])}{extra}) id {a['id'][:8]}")
         last = now
         if duration_s is not None and now - started >= duration_s:
             return
