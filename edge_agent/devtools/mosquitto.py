@@ -13,10 +13,10 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import IO
 
 from edge_agent.devtools import LOOPBACK, free_loopback_port, stop_process
+from edge_agent.devtools.server_process import ServerProcess
 
 MOSQUITTO = Path("/usr/sbin/mosquitto")
 MOSQUITTO_PASSWD = Path("/usr/bin/mosquitto_passwd")
@@ -65,7 +65,7 @@ def broker_answers(host: str, port: int, timeout_s: float) -> bool:
         return False
 
 
-class MosquittoServer:
+class MosquittoServer(ServerProcess):
     """Runs /usr/sbin/mosquitto on 127.0.0.1 with its own config, password file and log.
 
     Without a username the broker allows anonymous clients; with one, only that user. Persistence
@@ -157,35 +157,9 @@ class MosquittoServer:
             self._proc = None
         self._close_log()
 
-    def restart(self) -> None:
-        """Stop and start again on the same port (clients see the connection drop)."""
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        """Stop the broker and delete its config, password file and log."""
-        self.stop()
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-    def log_tail(self, max_chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-max_chars:]
-        except FileNotFoundError:
-            return ""
-
     def _close_log(self) -> None:
         if self._log is not None:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import os
 import selectors
-import shutil
 import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO, TYPE_CHECKING, Self
+from typing import IO, TYPE_CHECKING
 
 from edge_agent.devtools import LOOPBACK, free_loopback_port, stop_process
+from edge_agent.devtools.server_process import ServerProcess
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -54,7 +53,7 @@ def rtsp_server_unavailable() -> str | None:
     return None
 
 
-class RtspServer:
+class RtspServer(ServerProcess):
     """One RTSP server process serving each MP4 at rtsp://127.0.0.1:<port>/<mount>, looped."""
 
     host = LOOPBACK
@@ -164,22 +163,6 @@ class RtspServer:
         self._paused = False
         self._close_io()
 
-    def restart(self) -> None:
-        """Stop (or reap a killed server) and serve again on the same port."""
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        """Stop the server and delete its log and remuxed streams."""
-        self.stop()
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-    def log_tail(self, max_chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-max_chars:]
-        except FileNotFoundError:
-            return ""
-
     def _signal(self, signum: signal.Signals) -> None:
         if not self.running:
             raise RuntimeError("the RTSP server is not running")
@@ -195,14 +178,4 @@ class RtspServer:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
