@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edge_agent.commands import check_config, demo, infer, run
+from edge_agent.commands import bench, check_config, demo, infer, model, run
 from edge_agent.telemetry import logs
 
 
@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(sub)
     check_config.add_parser(sub)
     infer.add_parser(sub)
+    model.add_parser(sub)
+    bench.add_parser(sub)
     return parser
 
 

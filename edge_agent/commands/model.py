@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, cast
 
+from edge_agent.commands.model_store import add_store_subcommands
 from edge_agent.inference.runner import RunnerError
 from edge_agent.inference.trt_engine_cache import BuildPolicy
 
@@ -39,8 +40,9 @@ _BUILD_EPILOG = textwrap.dedent("""\
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("model", help="precision variants and TensorRT engines of a model",
-                       description="Make FP16/INT8 variants of a model and pre-build TensorRT engines.")
+    p = sub.add_parser("model", help="model versions: signing, store, peers; precision variants, TensorRT engines",
+                       description="Sign, store, pull and push model versions; make FP16/INT8 variants of a "
+                                   "model and pre-build TensorRT engines.")
     model_sub = p.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
 
     prec = model_sub.add_parser(
@@ -84,6 +86,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     mode.add_argument("--check", action="store_true",
                       help="build nothing: exit 1 unless every engine is cached, saying why not")
     build.set_defaults(func=run_build)
+    add_store_subcommands(model_sub)  # keygen, sign, import, list, activate, rollback, pull, push
 
 
 def _int_list(text: str) -> list[int]:
