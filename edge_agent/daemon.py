@@ -32,6 +32,7 @@ from edge_agent.publish.alarm_spool import AlarmSpool
 from edge_agent.publish.mqtt_link import LinkState, MqttEndpoint, MqttLink, Topics, encode
 from edge_agent.publish.result_publisher import ResultPublisher
 from edge_agent.sources.camera import CameraSource, SourceOptions
+from edge_agent.telemetry.nvml import GpuStats
 from edge_agent.telemetry.stats import CameraCounters, StatsCollector
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class Daemon:
         self.alarms: AlarmPublisher | None = None
         self.analytics: AnalyticsStage | None = None
         self.last_stats: dict[str, Any] = {}
+        self.gpu_stats: GpuStats | None = None  # NVML; None where there is no NVIDIA driver
         self.on_link_created: list[Callable[[MqttLink], None]] = []  # command handlers re-attach
         self.on_published: list[Callable[[DetectionResult], None]] = [self.stats.record]
         self._apply_lock = threading.Lock()
@@ -115,8 +117,10 @@ class Daemon:
 
     def _load_model(self, config: EdgeConfig) -> LoadedModel:
         m = config.model
+        # An engine's optimisation profile is built for the batches this daemon will send.
+        options: dict[str, Any] = {"threads": m.threads} if m.backend == "onnxruntime" else {"max_batch": m.max_batch}
         return self.model_opener(Path(m.path), backend=m.backend, settings=detector_settings(config),
-                                runner_options={"threads": m.threads}, input_size=m.input_size)
+                                 runner_options=options, input_size=m.input_size)
 
     def start(self) -> None:
         cfg = self.config
@@ -146,6 +150,7 @@ class Daemon:
             else:
                 self._publish_status(CameraStatus(cam.name, CameraState.DISABLED, "disabled in config",
                                                   time.time()))
+        self.gpu_stats = GpuStats.open()
         self._supervisor.start()
         log.info("edge-agent started: node %s, %d cameras, model %s", cfg.node.name, len(self.sources),
                  model.label, extra={"event": "started"})
@@ -287,13 +292,21 @@ class Daemon:
         loop, link, publisher = self.loop, self.link, self.publisher
         if loop is None or link is None or publisher is None:
             return
+        extra: dict[str, Any] = {
+            "mqtt": {"state": link.state.value, "dropped": link.dropped,
+                     "queue_full_drops": publisher.queue_full_drops},
+            "inference_errors": loop.errors,
+        }
+        if self.gpu_stats is not None:
+            extra["gpus"] = self.gpu_stats.snapshot()
+        runner_snapshot = getattr(loop.model.detector.runner, "snapshot", None)
+        if callable(runner_snapshot):  # several GPUs: per-runner throughput and the sha256 each serves
+            extra["runners"] = runner_snapshot()
+        if self.alarms is not None:
+            extra["alarms"] = {"spooled": len(self.alarms.spool), "spool_dropped": self.alarms.spool.dropped}
         self.last_stats = self.stats.snapshot(
             self.config.node.name, self.camera_counters(), batches=loop.batches, frames=loop.frames,
-            max_batch=loop.max_batch,
-            extra={"mqtt": {"state": link.state.value, "dropped": link.dropped,
-                            "queue_full_drops": publisher.queue_full_drops},
-                   "inference_errors": loop.errors},
-        )
+            max_batch=loop.max_batch, extra=extra)
         link.publish(link.topics.stats, encode(self.last_stats), qos=0)
 
     @property

@@ -16,8 +16,8 @@ the rest are false positives. Two ways to integrate the precision/recall curve:
 The detections are the runtime's own (best class per anchor, as `yolo_decode` and Ultralytics'
 predict give them). Ultralytics' val decodes multi-label instead (every class above 0.001 on an
 anchor becomes a candidate box), which lifts the recall of classes the model confuses (washer vs
-nut) and so its mAP50: on the demo model that is +0.02. With multi-label decoding, its 224x320
-rect letterbox and the `ultralytics` integration, this module reproduces its number to 0.002.
+nut) and so its mAP50: on the demo model 0.9367 against our 0.9053. With multi-label decoding, its
+224x320 rect letterbox and the `ultralytics` integration, this module gives 0.9412 (within 0.005).
 """
 
 from __future__ import annotations

@@ -77,6 +77,7 @@ class Service:
             if (m := daemon.model) else None,
             mqtt_connected=lambda: daemon.mqtt_connected,
             health=lambda: self._health(max_age_s),
+            gpu=lambda: daemon.gpu_stats.snapshot() if daemon.gpu_stats else [],
         )
         try:
             self.metrics = MetricsServer(cfg.host, cfg.port, sources)

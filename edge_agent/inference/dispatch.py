@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.inference.letterbox import Letterbox
 from edge_agent.inference.runner import Runner, RunnerError, TensorSpec
 
 
@@ -100,11 +101,25 @@ class Dispatcher:
             return slot
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self._dispatch(int(batch.shape[0]), lambda runner: runner.infer(batch))
+
+    def infer_frames(self, images: Sequence[np.ndarray], letterboxes: Sequence[Letterbox], *,
+                     bgr: bool = True) -> np.ndarray:
+        """uint8 frames letterboxed on the chosen GPU (runners that preprocess on the device)."""
+        def call(runner: Runner) -> np.ndarray:
+            infer_frames = getattr(runner, "infer_frames", None)
+            if infer_frames is None:
+                raise RunnerError(f"{type(runner).__name__} takes no uint8 frames; use infer()")
+            return np.asarray(infer_frames(images, letterboxes, bgr=bgr))
+
+        return self._dispatch(len(images), call)
+
+    def _dispatch(self, frames: int, call: Callable[[Runner], np.ndarray]) -> np.ndarray:
         slot = self.acquire()
         try:
             with slot.busy:
                 started = self._clock()
-                out = slot.runner.infer(batch)
+                out = call(slot.runner)
                 busy_ns = self._clock() - started
         except BaseException:
             with self._lock:
@@ -114,7 +129,7 @@ class Dispatcher:
         with self._lock:
             slot.in_flight -= 1
             slot.batches += 1
-            slot.frames += int(batch.shape[0])
+            slot.frames += frames
             slot.busy_ns += busy_ns
         return out
 
@@ -149,8 +164,9 @@ class Dispatcher:
 
 
 def open_per_device(devices: Sequence[int], open_one: Callable[[int], Runner],
-                    sha256_of: Callable[[Runner], str]) -> Runner:
-    """One runner per device; a single device gets its runner directly, several a Dispatcher.
+                    sha256_of: Callable[[Runner], str]) -> Dispatcher:
+    """One runner per device behind a Dispatcher (one GPU too: the stats then look the same on a
+    one-GPU box, and the cost is a lock per batch).
 
     If one device fails to open, the runners already opened are closed before the error propagates.
     """
@@ -163,8 +179,6 @@ def open_per_device(devices: Sequence[int], open_one: Callable[[int], Runner],
         for device in devices:
             runner = open_one(device)
             opened.append(RunnerSlot(f"cuda:{device}", runner, sha256_of(runner)))
-        if len(opened) == 1:
-            return opened[0].runner
         return Dispatcher(opened)
     except BaseException:
         for slot in opened:

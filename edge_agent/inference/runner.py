@@ -58,4 +58,9 @@ def load_runner(path: Path, backend: Backend = "onnxruntime", **options: Any) ->
         from edge_agent.inference.ort_runner import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(path, **options)
+    if backend == "tensorrt":
+        from edge_agent.inference.tensorrt_runner import open_tensorrt
+
+        options.pop("threads", None)  # CPU threads mean nothing to an engine
+        return open_tensorrt(path, **options)
     raise RunnerError(f"backend {backend!r} is not available in this build")

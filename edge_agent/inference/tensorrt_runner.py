@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, cast, get_args
 
 import numpy as np
 
-from edge_agent.inference.dispatch import open_per_device
+from edge_agent.inference.dispatch import Dispatcher, open_per_device
 from edge_agent.inference.letterbox import Letterbox
-from edge_agent.inference.runner import Runner, RunnerError, TensorSpec
+from edge_agent.inference.runner import RunnerError, TensorSpec
 from edge_agent.inference.trt_engine_cache import (
     BuildPolicy,
     EngineCache,
@@ -174,16 +174,24 @@ def prepare_engine(onnx_path: Path, settings: TensorRTSettings) -> tuple[Path, E
     return path, key, built
 
 
+def _settings(options: dict[str, Any]) -> TensorRTSettings:
+    # `threads` is the CPU option every backend is handed by the daemon; it means nothing here.
+    unknown = set(options) - {f.name for f in fields(TensorRTSettings)} - {"threads"}
+    if unknown:
+        raise RunnerError(f"unknown tensorrt runner options: {sorted(unknown)}")
+    return TensorRTSettings(**{k: v for k, v in options.items() if k != "threads"})
+
+
 class TensorRTRunner:
     """One engine on one GPU, with its own stream and buffers; `infer` is called from one thread."""
 
     def __init__(self, path: Path, **options: Any) -> None:
+        self.settings = _settings(options)
+        self._trt = trt = _import_tensorrt()  # checks torch and CUDA too
         import torch
 
         from edge_agent.inference.gpu_preprocess import GpuLetterbox
 
-        self.settings = TensorRTSettings(**options)
-        self._trt = trt = _import_tensorrt()
         self.engine_path, self.key, self.built = prepare_engine(path, self.settings)
         self.model_sha256 = self.key.onnx_sha256
         self.device = torch.device("cuda", self.settings.device)
@@ -311,7 +319,7 @@ class TensorRTRunner:
         del self._in_dev, self._out_dev, self._in_host, self._out_host
 
 
-def open_tensorrt(path: Path, *, devices: Sequence[int] = (0,), **options: Any) -> Runner:
-    """A TensorRTRunner on one GPU, or a Dispatcher over one runner per GPU in `devices`."""
+def open_tensorrt(path: Path, *, devices: Sequence[int] = (0,), **options: Any) -> Dispatcher:
+    """One TensorRTRunner per GPU in `devices`, behind a Dispatcher (a Runner itself)."""
     return open_per_device(devices, lambda d: TensorRTRunner(path, **{**options, "device": d}),
                            lambda r: cast("TensorRTRunner", r).model_sha256)

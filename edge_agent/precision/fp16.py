@@ -4,6 +4,10 @@ Keeping the I/O in float32 means every runner and the preprocessing stay as they
 at both ends cost nothing next to the network. The converter is the one ONNX Runtime ships
 (`onnxruntime.transformers.float16`, the maintained copy of onnxconverter-common's), so this
 needs no package beyond `onnx`.
+
+ONNX Runtime on a CPU runs most fp16 nodes through inserted casts, i.e. in float32 with fp16-rounded
+weights; the accuracy check here therefore sees the weight rounding, and the GPU test module
+checks the engine's real fp16 arithmetic against ONNX Runtime on the calibration images.
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# Ops the converter keeps in float32. The head's DFL softmax and the decode that turns
-# distances into pixels stay fp16 by default too: measured on the demo model, the held-out mAP50 does
-# not move, so nothing is blocked beyond the converter's own defaults.
+# Ops kept in float32 beyond the converter's own defaults: none. The head's DFL softmax and the
+# decode to pixels (values up to 320, 0.25 px steps in fp16) run in fp16 too; the demo model's
+# held-out mAP50 is 0.9053 either way.
 OP_BLOCK_LIST: tuple[str, ...] = ()
 
 
