@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def summarize(window: list[Received], statuses: dict[str, str], elapsed_s: float) -> list[str]:
-    per_camera: dict[str, list[dict[str, object]]] = {}
+    per_camera: dict[str, list[dict[str, Any]]] = {}
     for msg in window:
         if msg.topic.endswith("/detections"):
             doc = msg.json()
@@ -53,8 +54,8 @@ def summarize(window: list[Received], statuses: dict[str, str], elapsed_s: float
         labels: Counter[str] = Counter()
         totals = []
         for doc in docs:
-            labels.update(str(o["label"]) for o in doc["objects"])  # type: ignore[attr-defined]
-            totals.append(doc["timings_ms"]["total"])  # type: ignore[index]
+            labels.update(str(o["label"]) for o in doc["objects"])
+            totals.append(doc["timings_ms"]["total"])
         seen = ", ".join(f"{n} {label}" for label, n in labels.most_common()) or "nothing"
         latency = f"p50 {np.percentile(totals, 50):5.1f} ms" if totals else "p50    -   "
         lines.append(f"  {camera:<8} {statuses.get(camera, '?'):<12} {len(docs) / elapsed_s:5.1f} fps  "
