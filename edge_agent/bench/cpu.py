@@ -8,7 +8,9 @@ Percentages are of one core, as `top` shows them: 2 busy cores read 200.
 
 from __future__ import annotations
 
+import math
 import os
+import resource
 import threading
 import time
 from collections import defaultdict
@@ -94,11 +96,18 @@ def machine_cpu_s() -> tuple[float, float]:
     return (total - idle) / _CLK_TCK, total / _CLK_TCK
 
 
+def _reaped_children_s() -> float:
+    """CPU seconds of child processes that exited and were waited for (an Ultralytics run)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 @dataclass(frozen=True, slots=True)
 class CpuSample:
     at_ns: int
     own_s: float
-    helpers_s: float
+    helpers_s: float  # running children: cameras, broker
+    reaped_s: float  # children that exited: a finished Ultralytics run
     machine_busy_s: float
     machine_total_s: float
 
@@ -106,7 +115,7 @@ class CpuSample:
     def take(cls, helper_pids: Sequence[int]) -> CpuSample:
         busy, total = machine_cpu_s()
         return cls(time.monotonic_ns(), time.process_time(), sum(process_cpu_s(p) for p in helper_pids),
-                   busy, total)
+                   _reaped_children_s(), busy, total)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +123,7 @@ class CpuUse:
     """CPU over a window, in percent of one core."""
 
     own_percent: float  # this process (the daemon under test)
-    helpers_percent: float  # our child processes: RTSP cameras, Mosquitto
+    helpers_percent: float  # our child processes: RTSP cameras, Mosquitto (and a finished child run)
     machine_percent: float  # everything on the machine
     other_percent: float  # machine - own - helpers: load we did not cause
 
@@ -122,9 +131,29 @@ class CpuUse:
     def between(cls, start: CpuSample, end: CpuSample) -> CpuUse:
         wall_s = max((end.at_ns - start.at_ns) / 1e9, 1e-9)
         own = 100 * (end.own_s - start.own_s) / wall_s
-        helpers = 100 * (end.helpers_s - start.helpers_s) / wall_s
+        helpers = 100 * (end.helpers_s - start.helpers_s + end.reaped_s - start.reaped_s) / wall_s
         total_s = max(end.machine_total_s - start.machine_total_s, 1e-9)
         # /proc/stat's total advances by (all the machine's cores) x wall.
         machine = 100 * (os.cpu_count() or 1) * (end.machine_busy_s - start.machine_busy_s) / total_s
         return cls(round(own, 1), round(helpers, 1), round(machine, 1),
                    round(max(machine - own - helpers, 0.0), 1))
+
+
+# Load from other processes above this (% of one core) makes a measurement noisy: it is repeated.
+NOISY_OTHER_PERCENT = 15.0
+_QUIET_SAMPLE_S = 2.0
+
+
+def wait_for_quiet(max_wait_s: float, stop: threading.Event, *,
+                   threshold_percent: float = NOISY_OTHER_PERCENT) -> float:
+    """Wait (up to `max_wait_s`) until other processes use less than `threshold_percent` of a
+    core over a short sample; returns the last sample's other load."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        pids = child_pids()
+        start = CpuSample.take(pids)
+        if stop.wait(_QUIET_SAMPLE_S):
+            return math.nan
+        other = CpuUse.between(start, CpuSample.take(pids)).other_percent
+        if other < threshold_percent or time.monotonic() >= deadline:
+            return other

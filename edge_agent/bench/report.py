@@ -99,7 +99,8 @@ def _bound_section(b: BoundResult) -> list[str]:
     lines += ["", (f"Bound = {b.cores} cores x 1000 / {total:.3f} ms = **{b.bound_fps:.1f} frames/s** at input "
               f"{b.input_hw[0]}x{b.input_hw[1]} (frames decoded to {b.scaled_hw[0]}x{b.scaled_hw[1]}). "
               f"Decoding alone costs {b.notes.get('decode_only_ms', math.nan):.3f} ms/frame; "
-              f"{b.detections_per_frame:.1f} detections per frame on the sample frames."), ""]
+              f"{b.detections_per_frame:.1f} detections per frame on the sample frames. Other processes "
+              f"used {b.notes.get('other_cpu_percent', math.nan):.0f}% of a core while this was measured."), ""]
     rows = [[r.label, f"{r.wall_ms_per_batch:.2f}", f"{r.images_per_s:.1f}", f"{r.cpu_ms_per_image:.2f}"]
             for r in b.rates]
     lines += ["### Pure model throughput (ONNX Runtime, real frames)", ""]
@@ -141,10 +142,11 @@ def _ultralytics_section(report: BenchReport) -> list[str]:
         return [*lines, f"Skipped: {report.ultralytics_skipped}.", ""]
     rows = [[str(s.cameras), f"{s.offered_fps:.0f}", "-" if s.error else f"{s.processed_fps:.1f}",
              ", ".join("x".join(map(str, shape)) for shape in s.input_shapes) or "-",
-             "-" if s.error else f"{s.cpu_percent:.0f}", (s.error or "").splitlines()[0] if s.error else ""]
+             "-" if s.error else f"{s.cpu_percent:.0f}", f"{s.other_percent:.0f}",
+             (s.error or "").splitlines()[0] if s.error else ""]
             for s in report.ultralytics]
-    return [*lines, *_table(["cameras", "offered fps", "processed fps", "input tensors (NCHW)", "CPU %", "error"],
-                            rows), ""]
+    return [*lines, *_table(["cameras", "offered fps", "processed fps", "input tensors (NCHW)", "CPU %",
+                             "CPU other % (whole run)", "error"], rows), ""]
 
 
 def _summary_section(report: BenchReport) -> list[str]:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 MIN_GAIN = 0.03
+MAX_ATTEMPTS = 3
 
 Step = TypeVar("Step")
 
@@ -51,3 +52,21 @@ def sweep(run: Callable[[int], Step], counts: Sequence[int], done: Callable[[lis
         if done(steps):
             break
     return steps
+
+
+def retry_when_noisy(measure: Callable[[], Step], other_load: Callable[[Step], float], *, limit: float,
+                     wait_quiet: Callable[[], object], on_noise: Callable[[Step], object],
+                     attempts: int = MAX_ATTEMPTS) -> Step:
+    """Measure; while other processes loaded the machine meanwhile (`other_load` >= `limit`), wait
+    for quiet and measure again, at most `attempts` times. Keeps the least disturbed result: on a
+    shared machine a step is repeated rather than reported with someone else's load in it."""
+    results: list[Step] = []
+    for attempt in range(attempts):
+        if attempt:
+            wait_quiet()
+        result = measure()
+        results.append(result)
+        if other_load(result) < limit:
+            return result
+        on_noise(result)
+    return min(results, key=other_load)

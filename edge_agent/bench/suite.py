@@ -26,12 +26,13 @@ from edge_agent.bench import paced, search
 from edge_agent.bench import pipeline as pipeline_mod
 from edge_agent.bench import ultralytics_run as ultra
 from edge_agent.bench.cameras import CameraFarm, Clip, bench_clips
-from edge_agent.bench.cpu import cores
+from edge_agent.bench.cpu import NOISY_OTHER_PERCENT, CpuSample, CpuUse, child_pids, cores, wait_for_quiet
 from edge_agent.devtools.mosquitto import MosquittoServer, mosquitto_unavailable
 from edge_agent.inference.detector import DetectorSettings
 from edge_agent.manifest import Manifest, manifest_path_for
 
 Say = Callable[[str], None]
+QUIET_WAIT_S = 60.0  # how long a noisy step waits for the machine to calm down before it repeats
 _PACKAGES = ("onnxruntime", "av", "numpy", "paho-mqtt", "opencv-python-headless", "ultralytics", "torch")
 
 
@@ -41,7 +42,7 @@ class BenchOptions:
     videos: Path | None = None
     max_batch: int = 8
     max_wait_ms: int = 10
-    threads: int | None = 1
+    threads: int | None = None
     confidence: float = 0.25
     iou: float = 0.7
     start_cameras: int = 4
@@ -138,9 +139,17 @@ class _PipelineSweep:
             return self.steps[n]
         if self.stop.is_set():
             raise pipeline_mod.StepError("stopped")
-        step = pipeline_mod.run_step(self._pipeline, self.farm.urls(n), self.broker, camera_fps=self.farm.fps,
-                                     warmup_s=self.options.warmup_s, window_s=self.options.seconds,
-                                     stop=self.stop)
+
+        def measure() -> pipeline_mod.PipelineStep:
+            return pipeline_mod.run_step(self._pipeline, self.farm.urls(n), self.broker,
+                                         camera_fps=self.farm.fps, warmup_s=self.options.warmup_s,
+                                         window_s=self.options.seconds, stop=self.stop)
+
+        step = search.retry_when_noisy(
+            measure, lambda s: s.cpu.other_percent, limit=NOISY_OTHER_PERCENT,
+            wait_quiet=lambda: wait_for_quiet(QUIET_WAIT_S, self.stop),
+            on_noise=lambda s: self.say(f"pipeline {n:>2} cameras: other processes used "
+                                        f"{s.cpu.other_percent:.0f}% of a core meanwhile; measuring again"))
         self.steps[n] = step
         self.checks[n] = paced_check(step, self.options.max_wait_ms)
         self.say(_pipeline_line(step, self.checks[n]))
@@ -159,9 +168,17 @@ def _ultralytics_sweep(options: BenchOptions, farm: CameraFarm, counts: list[int
     def run(n: int) -> ultra.UltralyticsStep:
         if stop.is_set():
             raise pipeline_mod.StepError("stopped")
-        step = ultra.run_step(farm.urls(n), model=options.model, imgsz=input_side, conf=options.confidence,
-                              iou=options.iou, camera_fps=farm.fps, warmup_s=options.warmup_s,
-                              window_s=options.seconds, workdir=workdir)
+
+        def measure() -> ultra.UltralyticsStep:
+            return ultra.run_step(farm.urls(n), model=options.model, imgsz=input_side, conf=options.confidence,
+                                  iou=options.iou, camera_fps=farm.fps, warmup_s=options.warmup_s,
+                                  window_s=options.seconds, workdir=workdir)
+
+        step = search.retry_when_noisy(
+            measure, lambda s: s.other_percent, limit=NOISY_OTHER_PERCENT,
+            wait_quiet=lambda: wait_for_quiet(QUIET_WAIT_S, stop),
+            on_noise=lambda s: say(f"ultralytics {n:>2} cameras: other processes used {s.other_percent:.0f}% "
+                                   "of a core meanwhile; measuring again"))
         if step.error:
             say(f"ultralytics {n:>2} cameras: failed: {step.error}")
         else:
@@ -189,9 +206,14 @@ def run_bench(options: BenchOptions, say: Say, stop: threading.Event | None = No
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edge-agent-bench-")))
         broker = stack.enter_context(MosquittoServer())
         say(f"bound: each stage alone on {clip.path.name} ({clip.describe()}), {cores()} cores ...")
+        wait_for_quiet(QUIET_WAIT_S, stop)
+        cpu_start = CpuSample.take(child_pids())
         bound = bound_mod.measure(options.model, clip.path, (clip.height, clip.width), settings=settings,
                                   cores=cores(), broker=(broker.host, broker.port), effort=options.effort)
-        say(f"bound: {bound.bound_fps:.1f} frames/s; model alone {bound.model_fps:.1f} images/s")
+        bound_other = CpuUse.between(cpu_start, CpuSample.take(child_pids())).other_percent
+        bound.notes["other_cpu_percent"] = bound_other
+        say(f"bound: {bound.bound_fps:.1f} frames/s; model alone {bound.model_fps:.1f} images/s"
+            + (f" (other processes used {bound_other:.0f}% of a core meanwhile)" if bound_other else ""))
         farm = stack.enter_context(CameraFarm(clips, options.max_cameras))
         counts = search.camera_counts(options.start_cameras, options.step, options.max_cameras)
         sweep = _PipelineSweep(options, farm, (broker.host, broker.port), say, stop)

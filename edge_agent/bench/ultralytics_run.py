@@ -15,6 +15,7 @@ window after warm-up are its processed frames/s.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -24,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from edge_agent.bench.cpu import CpuSample, CpuUse, child_pids
 
 _START_ALLOWANCE_S = 90.0  # importing torch + ultralytics and opening every stream, on a busy box
 
@@ -38,6 +41,7 @@ class UltralyticsStep:
     cpu_percent: float  # the child's own CPU over the window (all its threads), % of one core
     input_shapes: tuple[tuple[int, ...], ...]  # NCHW tensors its predictor ran
     error: str | None = None
+    other_percent: float = 0.0  # load from processes not ours while it ran, % of one core
 
     @property
     def offered_fps(self) -> float:
@@ -66,13 +70,18 @@ def run_step(urls: list[str], *, model: Path, imgsz: int, conf: float, iou: floa
            # Our cameras speak RTSP over TCP only; without this FFmpeg first tries UDP and falls back.
            "OPENCV_FFMPEG_CAPTURE_OPTIONS": "rtsp_transport;tcp"}
     timeout_s = _START_ALLOWANCE_S + warmup_s + window_s + 2.0 * len(urls)
-    failed = UltralyticsStep(len(urls), camera_fps, 0.0, 0, 0.0, 0.0, ())
+    helpers = child_pids()  # cameras and broker; the child is counted once reaped
+    cpu_start = CpuSample.take(helpers)
     try:
         with log_path.open("wb") as log:
             # Our own interpreter and module, an argument list: no shell.
             done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, env=env,  # noqa: S603
                                   timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
+        done = None
+    other = CpuUse.between(cpu_start, CpuSample.take(helpers)).other_percent
+    failed = UltralyticsStep(len(urls), camera_fps, 0.0, 0, 0.0, 0.0, (), other_percent=other)
+    if done is None:
         return _with_error(failed, f"no result within {timeout_s:.0f} s; log {log_path}")
     lines = done.stdout.decode(errors="replace").strip().splitlines()
     if done.returncode != 0 or not lines:
@@ -81,11 +90,11 @@ def run_step(urls: list[str], *, model: Path, imgsz: int, conf: float, iou: floa
     doc = json.loads(lines[-1])
     return UltralyticsStep(len(urls), camera_fps, float(doc["processed_fps"]), int(doc["frames"]),
                            float(doc["window_s"]), float(doc["cpu_percent"]),
-                           tuple(tuple(s) for s in doc["input_shapes"]))
+                           tuple(tuple(s) for s in doc["input_shapes"]), other_percent=other)
 
 
 def _with_error(step: UltralyticsStep, error: str) -> UltralyticsStep:
-    return UltralyticsStep(step.cameras, step.camera_fps, 0.0, 0, 0.0, 0.0, (), error)
+    return dataclasses.replace(step, error=error)
 
 
 # --- the child ------------------------------------------------------------------------------

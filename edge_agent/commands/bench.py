@@ -42,8 +42,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="measured seconds per step, after warm-up (default 10; 3 with --quick)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--max-wait-ms", type=int, default=10)
-    p.add_argument("--threads", type=int, default=1,
-                   help="ONNX Runtime intra-op threads of the daemon (0: ORT's default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="ONNX Runtime intra-op threads of the daemon (default 0: unset, as in a config "
+                        "without model.threads, which lets ORT use one per core)")
     p.add_argument("--conf", type=float, default=0.25)
     p.add_argument("--iou", type=float, default=0.7)
     p.add_argument("--no-ultralytics", action="store_true", help="skip Ultralytics' predict")
