@@ -147,7 +147,9 @@ _QUIET_SAMPLE_S = 2.0
 def wait_for_quiet(max_wait_s: float, stop: threading.Event, *,
                    threshold_percent: float = NOISY_OTHER_PERCENT) -> float:
     """Wait (up to `max_wait_s`) until other processes use less than `threshold_percent` of a
-    core over a short sample; returns the last sample's other load."""
+    core over a short sample; returns the last sample's other load (NaN when not sampled)."""
+    if max_wait_s <= 0:
+        return math.nan
     deadline = time.monotonic() + max_wait_s
     while True:
         pids = child_pids()
