@@ -1,6 +1,5 @@
 """systemd integration (notify protocol, watchdog, the unit file) and the HTTP metrics endpoint."""
 
-import os
 import shutil
 import socket
 import subprocess
@@ -217,4 +216,3 @@ def test_json_log_lines_carry_named_events(capsys):
     assert (doc["event"], doc["camera"], doc["msg"], doc["level"]) == ("camera_stalled", "cam1",
                                                                       "camera cam1 stalled", "info")
     configure("INFO", "text")
-    assert os.environ.get("NOTIFY_SOCKET") is None

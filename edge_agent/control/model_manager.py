@@ -80,19 +80,16 @@ class ModelManager:
     # --- start-up -------------------------------------------------------------------------
     def bootstrap(self, config: EdgeConfig) -> StoredModel:
         """The store's active version; on a fresh node, the configured model imported and activated."""
+        path = Path(config.model.path)
+        manifest = Manifest.load(manifest_path_for(path))
+        if self.calibration_dir is None:  # calibration images stay local: the configured model's folder
+            self.calibration_dir = path.parent / str(manifest.calibration.get("dir", ""))
         active = self._local.active()
-        if active is None:
-            path = Path(config.model.path)
-            manifest = Manifest.load(manifest_path_for(path))
-            stored = self._local.import_model(path, SignedManifest(manifest.to_dict()))
-            self._local.activate(stored.manifest.sha256, "bootstrap from the configured model file")
-            if self.calibration_dir is None:
-                self.calibration_dir = path.parent / str(manifest.calibration.get("dir", ""))
-            return stored
-        if self.calibration_dir is None:
-            path = Path(config.model.path)
-            self.calibration_dir = path.parent / str(Manifest.load(manifest_path_for(path)).calibration.get("dir"))
-        return self._local.get(active)
+        if active is not None:
+            return self._local.get(active)
+        stored = self._local.import_model(path, SignedManifest(manifest.to_dict()))
+        self._local.activate(stored.manifest.sha256, "bootstrap from the configured model file")
+        return stored
 
     def model_opener(self, _path: Path, **kwargs: Any) -> LoadedModel:
         """For `Daemon(model_opener=...)`: open the store's active version, not the config's path."""
