@@ -1,6 +1,6 @@
 """The composition root: builds every stage from a validated config and wires them together.
 
-    sources (thread per camera) -> slots -> inference loop (thread) -> publisher (thread) -> MQTT
+    sources (thread per camera) -> slots -> inference workers (threads) -> publisher (thread) -> MQTT
 
 Nothing else constructs stages, so each stage can be tested and replaced alone. `apply` moves a
 running daemon to a new config touching only what changed (see `control.config_diff`).
@@ -27,6 +27,7 @@ from edge_agent.inference.loading import LoadedModel, open_model
 from edge_agent.messages import CameraState, CameraStatus, DetectionResult
 from edge_agent.pipeline.analytics_stage import AnalyticsStage, unknown_rule_classes
 from edge_agent.pipeline.inference_loop import InferenceLoop
+from edge_agent.pipeline.workers import inference_plan
 from edge_agent.publish.alarm_publisher import AlarmPublisher
 from edge_agent.publish.alarm_spool import AlarmSpool
 from edge_agent.publish.mqtt_link import LinkState, MqttEndpoint, MqttLink, Topics, encode
@@ -118,9 +119,8 @@ class Daemon:
     def _load_model(self, config: EdgeConfig) -> LoadedModel:
         m = config.model
         # An engine's optimisation profile is built for the batches this daemon will send.
-        options: dict[str, Any] = {"threads": m.threads} if m.backend == "onnxruntime" else {"max_batch": m.max_batch}
         return self.model_opener(Path(m.path), backend=m.backend, settings=detector_settings(config),
-                                 runner_options=options, input_size=m.input_size)
+                                 runner_options=inference_plan(m).runner_options, input_size=m.input_size)
 
     def start(self) -> None:
         cfg = self.config
@@ -141,8 +141,9 @@ class Daemon:
         self.publisher = ResultPublisher(self.link, detections_qos=cfg.mqtt.detections_qos,
                                          on_published=self._published)
         self.publisher.start()
+        plan = inference_plan(cfg.model)
         self.loop = InferenceLoop(self.slots, model, self.publisher.submit, max_batch=cfg.model.max_batch,
-                                  max_wait_ms=cfg.model.max_wait_ms, class_filters=filters)
+                                  max_wait_ms=cfg.model.max_wait_ms, class_filters=filters, workers=plan.workers)
         self.loop.start()
         for cam in cfg.cameras:
             if cam.enabled:
@@ -152,8 +153,8 @@ class Daemon:
                                                   time.time()))
         self.gpu_stats = GpuStats.open()
         self._supervisor.start()
-        log.info("edge-agent started: node %s, %d cameras, model %s", cfg.node.name, len(self.sources),
-                 model.label, extra={"event": "started"})
+        log.info("edge-agent started: node %s, %d cameras, model %s, %s", cfg.node.name, len(self.sources),
+                 model.label, plan.describe(), extra={"event": "started"})
 
     def _published(self, result: DetectionResult) -> None:
         for hook in self.on_published:

@@ -8,6 +8,7 @@ per frame (`captured_at`) says when it was captured for subscribers.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,9 +19,9 @@ class Stamps:
     """Monotonic nanoseconds at the end of each stage; 0 until the stage has run."""
 
     captured: int  # packet received from the camera (or read from the file)
-    decoded: int = 0  # decoded and scaled to the model's letterbox size
+    decoded: int = 0  # decoded (scaled to the letterbox size later, in preprocess, if it is inferred)
     batched: int = 0  # taken from the camera's slot into a batch
-    preprocessed: int = 0  # written into the batch tensor
+    preprocessed: int = 0  # scaled (when it was not yet) and written into the batch tensor
     inferred: int = 0  # backend returned
     postprocessed: int = 0  # decoded head + NMS + boxes mapped back
     published: int = 0  # handed to the MQTT client
@@ -43,14 +44,27 @@ class Stamps:
 
 @dataclass(slots=True)
 class Frame:
-    """A frame scaled for the model, with what is needed to map results back to the camera."""
+    """A frame for the model, with what is needed to map results back to the camera.
+
+    Cameras hand over decoded frames with `convert`, which scales them to the letterbox size:
+    a frame replaced in its slot before a batch takes it is never scaled at all (under overload
+    that is most of them), and `pixels()` scales the rest once, on the inference worker.
+    """
 
     camera: str
     seq: int  # per-camera sequence number of frames handed to the pipeline, from 1
-    image: np.ndarray  # H x W x 3 uint8, RGB, already at the letterbox's scaled size
+    image: np.ndarray | None  # H x W x 3 uint8, RGB, at the letterbox's scaled size; None until converted
     source_hw: tuple[int, int]  # the camera's own resolution
     captured_at: float  # wall-clock seconds since the epoch
     stamps: Stamps = field(default_factory=lambda: Stamps(captured=time.monotonic_ns()))
+    convert: Callable[[], np.ndarray] | None = None
+
+    def pixels(self) -> np.ndarray:
+        if self.image is None:
+            if self.convert is None:
+                raise ValueError(f"frame {self.camera}#{self.seq} has neither pixels nor a converter")
+            self.image, self.convert = self.convert(), None  # frees the decoded frame
+        return self.image
 
 
 class WallClock:

@@ -68,6 +68,7 @@ def test_max_batch_caps_and_round_robin_shares_under_overload():
         assert len(batch) == 2
         assert len({f.camera for f in batch}) == 2
         served.update(f.camera for f in batch)
+        slots.release(batch)
     assert set(served.values()) == {10}
     # Each round puts 6 frames and serves 2: the other 4 are replaced next round or still waiting.
     assert sum(slots.dropped().values()) == 30 * 6 - 30 * 2 - 4
@@ -101,3 +102,50 @@ def test_removed_camera_hands_back_its_frame_and_ignores_late_puts():
     assert slots.put(_frame("a", 2)) is False
     slots.put(_frame("b", 1))
     assert [f.camera for f in slots.take_batch(8, 0, stop)] == ["b"]
+
+
+def test_a_camera_in_flight_is_not_taken_again_until_released():
+    """Its next frame waits (newest wins there) until the batch holding the previous one is done."""
+    slots, stop = _slots("a", "b"), threading.Event()
+    slots.put(_frame("a", 1))
+    first = slots.take_batch(8, 0, stop)
+    assert [f.seq for f in first] == [1]
+    assert slots.in_flight() == {"a"}
+    slots.put(_frame("a", 2))
+    slots.put(_frame("a", 3))  # replaces 2 while 1 is still in flight
+    slots.put(_frame("b", 1))
+    assert [(f.camera, f.seq) for f in slots.take_batch(8, 0, stop)] == [("b", 1)]
+    slots.release(first)
+    assert [(f.camera, f.seq) for f in slots.take_batch(8, 0, stop)] == [("a", 3)]
+    assert slots.dropped() == {"a": 1, "b": 0}
+
+
+@pytest.mark.timeout(10)
+def test_a_batch_does_not_wait_for_cameras_another_worker_holds():
+    """With `a` in flight elsewhere, a batch of `b` closes at once however long max_wait is."""
+    slots, stop = _slots("a", "b"), threading.Event()
+    slots.put(_frame("a", 1))
+    slots.take_batch(8, 0, stop)
+    slots.put(_frame("b", 1))
+    assert [f.camera for f in slots.take_batch(8, NEVER_MS, stop)] == ["b"]
+
+
+def test_shared_slots_split_ready_cameras_between_workers():
+    """Six ready cameras and two workers: each batch takes three, so both workers have work."""
+    cams = [f"cam{i}" for i in range(6)]
+    slots, stop = _slots(*cams), threading.Event()
+    for cam in cams:
+        slots.put(_frame(cam, 1))
+    first = slots.take_batch(8, 0, stop, share=2)
+    second = slots.take_batch(8, 0, stop, share=2)
+    assert len(first) == 3
+    assert len(second) == 3
+    assert {f.camera for f in first} | {f.camera for f in second} == set(cams)
+
+
+def test_released_camera_is_taken_again_and_removal_clears_in_flight():
+    slots, stop = _slots("a"), threading.Event()
+    slots.put(_frame("a", 1))
+    slots.take_batch(8, 0, stop)
+    slots.remove_camera("a")
+    assert slots.in_flight() == set()

@@ -8,10 +8,19 @@ closes at `max_batch` frames, or `max_wait_ms` after its first frame, or as soon
 camera has contributed. A camera is live from its first frame until its source reports it
 disconnected or stalled, so a dead camera is not waited for at all, and a slow one delays a batch
 by at most `max_wait_ms`.
+
+Several inference workers take batches from the same slots. A camera whose frame is in a batch
+being processed is *in flight* until that batch is `release`d (after its results were handed to
+the publisher), and no other batch takes that camera's next frame meanwhile: each camera's
+results leave in capture order whichever worker is faster, and a camera has at most one frame in
+flight plus one waiting. With `share=k` workers a batch takes at most ceil(ready cameras / k)
+frames, so that k idle workers split the cameras between them instead of one taking them all and
+the others waiting for its release.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +34,8 @@ class FrameSlots:
         self._slots: dict[str, Frame | None] = {}
         self._order: list[str] = []
         self._live: set[str] = set()
+        self._in_flight: set[str] = set()
+        self._batches_in_flight = 0
         self._next = 0  # round-robin start for the next batch
         self._dropped: dict[str, int] = {}
         self._clock_ns = clock_ns
@@ -41,6 +52,7 @@ class FrameSlots:
         with self._cond:
             frame = self._slots.pop(camera, None)
             self._live.discard(camera)
+            self._in_flight.discard(camera)
             if camera in self._order:
                 self._order.remove(camera)
             return frame
@@ -55,14 +67,27 @@ class FrameSlots:
                 self._dropped[frame.camera] += 1
             self._slots[frame.camera] = frame
             self._live.add(frame.camera)
-            self._cond.notify()
+            self._cond.notify_all()  # several workers may wait: the one that can use it must wake
             return replaced
 
     def set_not_live(self, camera: str) -> None:
         """The camera's source lost its stream: batches stop waiting for it until its next frame."""
         with self._cond:
             self._live.discard(camera)
-            self._cond.notify()
+            self._cond.notify_all()
+
+    def release(self, frames: list[Frame]) -> None:
+        """The batch holding `frames` is done: their cameras may be taken again."""
+        with self._cond:
+            for frame in frames:
+                self._in_flight.discard(frame.camera)
+            if frames:
+                self._batches_in_flight = max(0, self._batches_in_flight - 1)
+            self._cond.notify_all()
+
+    def in_flight(self) -> set[str]:
+        with self._cond:
+            return set(self._in_flight)
 
     def dropped(self) -> dict[str, int]:
         with self._cond:
@@ -77,30 +102,48 @@ class FrameSlots:
                 break
             camera = self._order[(start + k) % n]
             frame = self._slots[camera]
-            if frame is not None and camera not in taken:
+            if frame is not None and camera not in taken and camera not in self._in_flight:
                 self._slots[camera] = None
                 batch.append(frame)
                 self._next = (start + k + 1) % n
 
+    def _cap(self, max_batch: int, share: int) -> int:
+        """Frames for this batch: the ready cameras split over the workers not busy with a batch."""
+        ready = len((self._live | {c for c, f in self._slots.items() if f is not None}) - self._in_flight)
+        idle = max(1, share - self._batches_in_flight)
+        return max(1, min(max_batch, math.ceil(ready / idle)))
+
     def take_batch(self, max_batch: int, max_wait_ms: float, stop: threading.Event,
-                   idle_poll_s: float = 0.1) -> list[Frame]:
-        """Block until a batch is ready or `stop` is set (then returns what it has, maybe [])."""
+                   idle_poll_s: float = 0.1, *, share: int = 1) -> list[Frame]:
+        """Block until a batch is ready or `stop` is set (then returns what it has, maybe []).
+
+        The batch's cameras are in flight until `release(batch)`; `share` is the number of
+        workers taking batches from these slots.
+        """
         batch: list[Frame] = []
         with self._cond:
             while not batch:
                 if stop.is_set():
                     return batch
-                self._collect(batch, max_batch)
+                cap = self._cap(max_batch, share)
+                self._collect(batch, cap)
                 if not batch:
                     self._cond.wait(idle_poll_s)
+            self._in_flight.update(f.camera for f in batch)
+            self._batches_in_flight += 1
             deadline = self._clock_ns() + int(max_wait_ms * 1e6)
-            while len(batch) < min(max_batch, len(self._live | {f.camera for f in batch})) \
-                    and not stop.is_set():
+            while not stop.is_set():
+                # Cameras another worker holds cannot contribute: do not wait for them.
+                waiting_for = (self._live - self._in_flight) | {f.camera for f in batch}
+                if len(batch) >= min(cap, len(waiting_for)):
+                    break
                 remaining_s = (deadline - self._clock_ns()) / 1e9
                 if remaining_s <= 0:
                     break
                 self._cond.wait(remaining_s)
-                self._collect(batch, max_batch)
+                before = len(batch)
+                self._collect(batch, cap)
+                self._in_flight.update(f.camera for f in batch[before:])
         stamp = time.monotonic_ns()
         for frame in batch:
             frame.stamps.batched = stamp

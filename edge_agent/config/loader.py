@@ -294,7 +294,8 @@ def _resolve_paths(config: EdgeConfig, base: Path) -> EdgeConfig:
     if tls is not None:
         tls = tls.model_copy(update={k: _under(base, getattr(tls, k)) for k in ("ca", "cert", "key")})
     mqtt = mqtt.model_copy(update={"password_file": _under(base, mqtt.password_file), "tls": tls})
-    model = config.model.model_copy(update={"path": _under(base, config.model.path)})
+    model = config.model.model_copy(update={"path": _under(base, config.model.path),
+                                            "engine_cache": _under(base, config.model.engine_cache)})
     cameras = tuple(
         camera.model_copy(update={"url": str(_under(base, Path(camera.url)))})
         if url_scheme(camera.url) is None else camera

@@ -105,7 +105,19 @@ class ModelConfig(_Section):
     iou: float = Field(default=0.7, gt=0, le=1)
     max_batch: int = Field(default=8, ge=1, le=64)
     max_wait_ms: int = Field(default=10, ge=0, le=1000)
-    threads: int | None = Field(default=None, ge=1, le=256)
+    threads: int | None = Field(default=None, ge=1, le=256,
+                                description="ONNX Runtime intra-op threads per worker (default 1 when several "
+                                            "workers share the cores)")
+    workers: int | None = Field(default=None, ge=1, le=64,
+                                description="inference threads taking batches (default: one per core on CPU, "
+                                            "two per GPU with tensorrt); a change takes effect at restart")
+    gpus: tuple[Annotated[int, Field(ge=0, le=63)], ...] = Field(
+        default=(0,), min_length=1, max_length=16, description="tensorrt: CUDA device numbers, one engine each")
+    engine_build: Literal["if-missing", "never"] = Field(
+        default="if-missing", description="tensorrt: build a missing engine at start, or refuse to start "
+                                          "('never': engines must be pre-built with `edge-agent model build`)")
+    engine_cache: Path | None = Field(default=None, description="tensorrt: engine cache folder "
+                                                                "(default: engines/ beside the model)")
     input_size: tuple[Side, Side] | None = Field(default=None, description="[height, width]")
 
     @field_validator("path")
@@ -114,6 +126,13 @@ class ModelConfig(_Section):
         if path.suffix.lower() != ".onnx":
             raise ValueError("must name an .onnx file (TensorRT engines are built from it on the node)")
         return path
+
+    @field_validator("gpus")
+    @classmethod
+    def _distinct_gpus(cls, gpus: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(gpus)) != len(gpus):
+            raise ValueError(f"lists a GPU twice: {list(gpus)}")
+        return gpus
 
 
 class ReconnectConfig(_Section):

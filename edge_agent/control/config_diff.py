@@ -46,7 +46,7 @@ def diff(old: EdgeConfig, new: EdgeConfig) -> ConfigDiff:
     if mqtt:
         what = _changed_fields(old.mqtt, new.mqtt, tuple(type(new.mqtt).model_fields))
         summary.append(f"mqtt changed: {', '.join(what + (['node.name'] if old.node != new.node else []))}")
-    model_fields = ("path", "backend", "threads", "input_size")
+    model_fields = ("path", "backend", "threads", "input_size", "gpus", "engine_build", "engine_cache")
     model = bool(_changed_fields(old.model, new.model, model_fields))
     detector_fields = ("confidence", "iou", "max_batch", "max_wait_ms")
     detector_changes = _changed_fields(old.model, new.model, detector_fields)
@@ -55,6 +55,8 @@ def diff(old: EdgeConfig, new: EdgeConfig) -> ConfigDiff:
         summary.append(f"model changed: {', '.join(what)}")
     if old.metrics != new.metrics or old.watch_config != new.watch_config:
         summary.append("metrics/watch_config changed: takes effect at the next restart")
+    if old.model.workers != new.model.workers:
+        summary.append("model.workers changed: takes effect at the next restart")
     stats_interval = old.stats_interval_s != new.stats_interval_s
     if stats_interval:
         summary.append(f"stats_interval_s {old.stats_interval_s:g} -> {new.stats_interval_s:g}")

@@ -37,6 +37,7 @@ from edge_agent.p2p.announce import (
 )
 from edge_agent.p2p.fetch import FetchSettings, PeerAuth, PeerFetcher
 from edge_agent.p2p.server import PeerServer, ServerSettings, read_token_file
+from edge_agent.pipeline.workers import inference_plan
 from edge_agent.publish.mqtt_link import MqttLink, encode
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ class ModelManager:
             stored, trusted_keys=self.trusted, calibration_dir=self.calibration_dir or Path(),
             active=self._local.get(active_sha) if active_sha else None,
             settings=ValidationSettings(backend=self.daemon.config.model.backend,
-                                        runner_options={"threads": self.daemon.config.model.threads},
+                                        runner_options=inference_plan(self.daemon.config.model).runner_options,
                                         detector=detector_settings(self.daemon.config),
                                         latency_factor=self.cfg.latency_factor),
             keep_loaded=True)
@@ -231,7 +232,7 @@ class ModelManager:
         model = self.loaded.get(sha)
         if model is None:
             model = open_model(entry.blob, manifest=entry.manifest, settings=detector_settings(self.daemon.config),
-                               runner_options={"threads": self.daemon.config.model.threads})
+                               runner_options=inference_plan(self.daemon.config.model).runner_options)
         self.daemon.swap_model(model)
         self.loaded[sha] = model
         self.announce()

@@ -67,7 +67,8 @@ class BatchBuffers:
 
 
 class Detector:
-    """Runs one model over batches of frames; not thread-safe (one inference thread owns it)."""
+    """Runs one model over batches of frames; not thread-safe (one inference thread owns it; others
+    use a `replica`)."""
 
     def __init__(self, runner: Runner, class_names: Sequence[str], *, input_hw: tuple[int, int],
                  dynamic_hw: bool, settings: DetectorSettings | None = None) -> None:
@@ -78,6 +79,12 @@ class Detector:
         self.dynamic_hw = dynamic_hw
         self.rect = self.settings.rect and dynamic_hw
         self.buffers = BatchBuffers(self.settings.max_batch)
+
+    def replica(self) -> Detector:
+        """The same model and settings with its own batch buffers, for another inference thread
+        (the runner is shared: ONNX Runtime sessions and the GPU dispatcher take concurrent calls)."""
+        return Detector(self.runner, self.class_names.tolist(), input_hw=self.input_hw, dynamic_hw=self.dynamic_hw,
+                        settings=self.settings)
 
     def shape_for(self, src_hws: Sequence[tuple[int, int]]) -> tuple[int, int]:
         """One input shape for a batch: the largest rectangle any of its frames needs."""

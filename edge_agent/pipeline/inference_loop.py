@@ -1,11 +1,21 @@
-"""The inference thread: batches across cameras, runs the model, hands results on.
+"""The inference workers: batch across cameras, run the model, hand results on in camera order.
 
-It owns the model: one thread calls the backend, so the backend needs no locking, and a new model
-is picked up between two batches (one read of `self._model` per batch), never inside one.
+`workers` threads take batches from the same slots. On a CPU each runs its own batch on one core
+through a shared ONNX Runtime session with one intra-op thread: ORT runs concurrent `run` calls
+in parallel on the callers' threads and releases the GIL while it does, and single-threaded runs
+do not spin, so two workers on two cores cost less CPU per image than one session with two
+spinning threads (measured in docs/performance.md). On GPUs the runner is a dispatcher and each
+worker's batch goes to the GPU with the least work in flight, while other workers letterbox.
+
+Each worker has its own detector (its own preallocated batch buffers) over the shared runner. A
+new model is picked up between two batches (one read of `self._model` per batch), never inside
+one. A camera has at most one frame in a batch at a time (see `FrameSlots`), so its results
+reach the publisher's FIFO queue in capture order whichever worker finishes first.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -17,7 +27,7 @@ import supervision as sv
 
 from edge_agent.batching.slots import FrameSlots
 from edge_agent.frame import Frame
-from edge_agent.inference.detector import detection_arrays
+from edge_agent.inference.detector import Detector, detection_arrays
 from edge_agent.inference.loading import LoadedModel
 from edge_agent.messages import DetectedObject, DetectionResult, ModelRef
 
@@ -34,6 +44,23 @@ def _objects(det: sv.Detections) -> list[DetectedObject]:
     ]
 
 
+class _Worker:
+    """One inference thread and the detector it owns for the model it last served."""
+
+    def __init__(self, index: int, run: Callable[[_Worker], None]) -> None:
+        self.index = index
+        self.thread = threading.Thread(target=run, args=(self,), name=f"inference-{index}", daemon=True)
+        self.heartbeat_ns = time.monotonic_ns()  # last time this worker made progress
+        self.model: LoadedModel | None = None
+        self.detector: Detector | None = None
+
+    def detector_for(self, model: LoadedModel) -> Detector:
+        if model is not self.model or self.detector is None:
+            # Worker 0 uses the model's own detector; the others get their own batch buffers.
+            self.model, self.detector = model, model.detector if self.index == 0 else model.detector.replica()
+        return self.detector
+
+
 class InferenceLoop:
     def __init__(
         self,
@@ -44,7 +71,10 @@ class InferenceLoop:
         max_batch: int,
         max_wait_ms: float,
         class_filters: Mapping[str, np.ndarray | None] | None = None,
+        workers: int = 1,
     ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self._slots = slots
         self._model = model
         self._emit = emit
@@ -52,9 +82,10 @@ class InferenceLoop:
         self.max_wait_ms = max_wait_ms
         self._class_filters = dict(class_filters or {})
         self._swap_lock = threading.Lock()  # model and class filters change together
+        self._count_lock = threading.Lock()
+        self._batch_ids = itertools.count(1)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
-        self.heartbeat_ns = time.monotonic_ns()  # last time the loop made progress
+        self._workers = [_Worker(i, self._run) for i in range(workers)]
         self.batches = 0
         self.frames = 0
         self.errors = 0
@@ -65,14 +96,23 @@ class InferenceLoop:
     def model(self) -> LoadedModel:
         return self._model
 
+    @property
+    def workers(self) -> int:
+        return len(self._workers)
+
+    @property
+    def heartbeat_ns(self) -> int:
+        """The oldest worker's last progress: one hung worker makes the hot path unhealthy."""
+        return min(w.heartbeat_ns for w in self._workers)
+
     def set_class_filter(self, camera: str, class_ids: np.ndarray | None) -> None:
         with self._swap_lock:
             self._class_filters = {**self._class_filters, camera: class_ids}
 
     def swap_model(self, model: LoadedModel, *, max_batch: int, max_wait_ms: float,
                    class_filters: Mapping[str, np.ndarray | None] | None = None) -> LoadedModel:
-        """Use `model` from the next batch on; returns the previous one. The batch in flight
-        holds its own reference, so the old model lives until that batch is done."""
+        """Use `model` from the next batch on; returns the previous one. Batches in flight
+        hold their own reference, so the old model lives until they are done."""
         with self._swap_lock:
             previous, self._model = self._model, model
             if class_filters is not None:
@@ -81,34 +121,40 @@ class InferenceLoop:
         return previous
 
     def start(self) -> None:
-        self._thread.start()
+        for worker in self._workers:
+            worker.thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> bool:
-        """Stop taking batches; the batch in flight finishes and is emitted. True if joined."""
+        """Stop taking batches; batches in flight finish and are emitted. True if all joined."""
         self._stop.set()
-        self._thread.join(timeout_s)
-        return not self._thread.is_alive()
+        deadline = time.monotonic() + timeout_s
+        for worker in self._workers:
+            worker.thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(w.thread.is_alive() for w in self._workers)
 
-    def _run(self) -> None:
+    def _run(self, worker: _Worker) -> None:
         while not self._stop.is_set():
-            frames = self._slots.take_batch(self.max_batch, self.max_wait_ms, self._stop)
-            self.heartbeat_ns = time.monotonic_ns()
+            frames = self._slots.take_batch(self.max_batch, self.max_wait_ms, self._stop, share=len(self._workers))
+            worker.heartbeat_ns = time.monotonic_ns()
             if not frames:
                 continue
             with self._swap_lock:  # one consistent (model, filters) per batch
                 model, filters = self._model, self._class_filters
             try:
-                self._run_batch(frames, model, filters)
-            except Exception:  # one bad batch must not end the daemon's only inference thread
-                self.errors += 1
+                self._run_batch(frames, model, worker.detector_for(model), filters)
+            except Exception:  # one bad batch must not end an inference thread
+                with self._count_lock:
+                    self.errors += 1
                 self.recent.append((model.manifest.sha256, 0.0, False))
                 log.exception("inference failed for a batch of %d frames; dropped", len(frames),
                               extra={"event": "inference_error"})
+            finally:
+                self._slots.release(frames)
+            worker.heartbeat_ns = time.monotonic_ns()
 
-    def _run_batch(self, frames: list[Frame], model: LoadedModel,
+    def _run_batch(self, frames: list[Frame], model: LoadedModel, detector: Detector,
                    class_filters: Mapping[str, np.ndarray | None]) -> None:
-        detector = model.detector
-        batch, letterboxes = detector.preprocess([f.image for f in frames], [f.source_hw for f in frames],
+        batch, letterboxes = detector.preprocess([f.pixels() for f in frames], [f.source_hw for f in frames],
                                                  bgr=False)
         stamp = time.monotonic_ns()
         for f in frames:
@@ -121,12 +167,12 @@ class InferenceLoop:
         detections = detector.postprocess(head, letterboxes, filters)
         stamp = time.monotonic_ns()
         ref = ModelRef(model.manifest.name, model.manifest.version, model.manifest.sha256)
-        batch_id = self.batches + 1
+        batch_id = next(self._batch_ids)
         for f, det in zip(frames, detections, strict=True):
             f.stamps.postprocessed = stamp
             self._emit(DetectionResult(f.camera, f.seq, f.captured_at, ref, _objects(det), len(frames),
                                        f.stamps, batch_id))
         self.recent.append((ref.sha256, (inferred - frames[0].stamps.preprocessed) / 1e6 / len(frames), True))
-        self.batches = batch_id
-        self.frames += len(frames)
-        self.heartbeat_ns = stamp
+        with self._count_lock:
+            self.batches += 1
+            self.frames += len(frames)
