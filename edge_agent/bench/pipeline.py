@@ -37,6 +37,7 @@ class PipelineOptions:
     max_batch: int
     max_wait_ms: int
     threads: int | None
+    workers: int | None
     confidence: float
     iou: float
 
@@ -76,6 +77,7 @@ def edge_config(options: PipelineOptions, urls: list[str], broker: tuple[str, in
         "mqtt": {"host": broker[0], "port": broker[1], "client_id": f"bench-{time.monotonic_ns()}"},
         "model": {"path": str(options.model.resolve()), "max_batch": options.max_batch,
                   "max_wait_ms": options.max_wait_ms, "threads": options.threads,
+                  "workers": options.workers,
                   "confidence": options.confidence, "iou": options.iou},
         "cameras": [{"name": f"cam{i + 1:02d}", "url": url, "stall_timeout_s": 5, "open_timeout_s": 10}
                     for i, url in enumerate(urls)],

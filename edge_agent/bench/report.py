@@ -59,6 +59,7 @@ def summary(report: BenchReport) -> dict[str, Any]:
         "max_batch": o.max_batch,
         "max_wait_ms": o.max_wait_ms,
         "threads": o.threads,
+        "workers": o.workers,
         "cores": report.bound.cores,
         "conf": o.confidence,
         "iou": o.iou,
@@ -181,7 +182,8 @@ def render(report: BenchReport) -> str:
              (f"Model {report.model_label}, input {report.bound.input_hw[0]}x{report.bound.input_hw[1]} (rect), "
              f"conf {o.confidence}, iou {o.iou}. Cameras: {report.clips} clips of {report.clip.describe()} "
              f"served over RTSP/TCP in real time. Pipeline: max_batch {o.max_batch}, max_wait_ms {o.max_wait_ms}, "
-             f"ONNX Runtime threads {o.threads or 'default'}. {o.seconds:g} s per step after "
+             f"inference workers {o.workers or 'default (one per core)'}, ONNX Runtime threads per worker "
+             f"{o.threads or 'default (1)'}. {o.seconds:g} s per step after "
              f"{o.warmup_s:g} s warm-up; the bench took {report.duration_s:.0f} s."), ""]
     lines += _bound_section(report.bound)
     lines += _sweep_section(report)

@@ -43,6 +43,7 @@ class BenchOptions:
     max_batch: int = 8
     max_wait_ms: int = 10
     threads: int | None = None
+    workers: int | None = None
     confidence: float = 0.25
     iou: float = 0.7
     start_cameras: int = 4
@@ -137,7 +138,7 @@ class _PipelineSweep:
         self.checks: dict[int, paced.PacedCheck] = {}
         o = options
         self._pipeline = pipeline_mod.PipelineOptions(o.model, o.max_batch, o.max_wait_ms, o.threads,
-                                                      o.confidence, o.iou)
+                                                      o.workers, o.confidence, o.iou)
 
     def run(self, n: int) -> pipeline_mod.PipelineStep:
         if n in self.steps:

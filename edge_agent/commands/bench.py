@@ -45,8 +45,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--max-wait-ms", type=int, default=10)
     p.add_argument("--threads", type=int, default=0,
-                   help="ONNX Runtime intra-op threads of the daemon (default 0: unset, as in a config "
-                        "without model.threads, which lets ORT use one per core)")
+                   help="ONNX Runtime intra-op threads per inference worker (default 0: unset, as in a "
+                        "config without model.threads: 1 per worker)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="inference workers of the daemon (default 0: unset, as in a config without "
+                        "model.workers: one per core)")
     p.add_argument("--conf", type=float, default=0.25)
     p.add_argument("--iou", type=float, default=0.7)
     p.add_argument("--no-ultralytics", action="store_true", help="skip Ultralytics' predict")
@@ -64,7 +67,8 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
                          f"(got {start}, {maximum}, {args.step})")
     return BenchOptions(
         model=args.model, videos=args.videos, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-        threads=args.threads or None, confidence=args.conf, iou=args.iou, start_cameras=start,
+        threads=args.threads or None, workers=args.workers or None, confidence=args.conf, iou=args.iou,
+        start_cameras=start,
         step=args.step, max_cameras=maximum, seconds=args.seconds or (3.0 if args.quick else 10.0),
         warmup_s=1.5 if args.quick else 3.0, quick=args.quick, ultralytics=not args.no_ultralytics,
         effort=_QUICK_EFFORT if args.quick else Effort(),
