@@ -236,7 +236,7 @@ def test_engine_key_from_a_variant(tmp_path, demo_model, demo_manifest):
 
 def test_ort_tensorrt_provider_options(tmp_path):
     """ONNX Runtime's TensorRT EP gets the same profile and a cache folder of its own."""
-    options = ort_tensorrt_provider_options(_key(), tmp_path, "images", device_id=1)
+    options = ort_tensorrt_provider_options(_key().shapes, tmp_path, "images", device_id=1)
     assert options["trt_profile_min_shapes"] == "images:1x3x320x320"
     assert options["trt_profile_opt_shapes"] == "images:8x3x320x320"
     assert options["device_id"] == "1"

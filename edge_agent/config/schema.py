@@ -111,8 +111,13 @@ class ModelConfig(_Section):
     workers: int | None = Field(default=None, ge=1, le=64,
                                 description="inference threads taking batches (default: one per core on CPU, "
                                             "two per GPU with tensorrt); a change takes effect at restart")
+    providers: tuple[Literal["tensorrt", "cuda", "cpu"], ...] | None = Field(
+        default=None, min_length=1, max_length=3,
+        description="onnxruntime: execution providers in order of preference (tensorrt and cuda need the "
+                    "onnxruntime-gpu package); default: cuda where this build has it, else cpu")
     gpus: tuple[Annotated[int, Field(ge=0, le=63)], ...] = Field(
-        default=(0,), min_length=1, max_length=16, description="tensorrt: CUDA device numbers, one engine each")
+        default=(0,), min_length=1, max_length=16,
+        description="tensorrt, or onnxruntime with GPU providers: CUDA device numbers, one engine/session each")
     engine_build: Literal["if-missing", "never"] = Field(
         default="if-missing", description="tensorrt: build a missing engine at start, or refuse to start "
                                           "('never': engines must be pre-built with `edge-agent model build`)")
@@ -126,6 +131,14 @@ class ModelConfig(_Section):
         if path.suffix.lower() != ".onnx":
             raise ValueError("must name an .onnx file (TensorRT engines are built from it on the node)")
         return path
+
+    @model_validator(mode="after")
+    def _providers_for_onnxruntime(self) -> Self:
+        if self.providers is not None and self.backend != "onnxruntime":
+            raise _fail("providers_backend", "only applies to backend onnxruntime", "providers")
+        if self.providers is not None and len(set(self.providers)) != len(self.providers):
+            raise _fail("providers_twice", f"lists a provider twice: {list(self.providers)}", "providers")
+        return self
 
     @field_validator("gpus")
     @classmethod

@@ -46,7 +46,8 @@ def diff(old: EdgeConfig, new: EdgeConfig) -> ConfigDiff:
     if mqtt:
         what = _changed_fields(old.mqtt, new.mqtt, tuple(type(new.mqtt).model_fields))
         summary.append(f"mqtt changed: {', '.join(what + (['node.name'] if old.node != new.node else []))}")
-    model_fields = ("path", "backend", "threads", "input_size", "gpus", "engine_build", "engine_cache")
+    model_fields = ("path", "backend", "threads", "input_size", "providers", "gpus", "engine_build",
+                    "engine_cache")
     model = bool(_changed_fields(old.model, new.model, model_fields))
     detector_fields = ("confidence", "iou", "max_batch", "max_wait_ms")
     detector_changes = _changed_fields(old.model, new.model, detector_fields)

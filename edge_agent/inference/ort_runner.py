@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,12 @@ log = logging.getLogger(__name__)
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8"}
 # Preferred order when the caller names no providers: a GPU provider if this build has one.
 _AUTO_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+# A provider's name, or its name with options (device_id, TensorRT caches...), as ORT takes them.
+ProviderSpec = str | tuple[str, Mapping[str, str]]
+
+
+def provider_name(spec: ProviderSpec) -> str:
+    return spec if isinstance(spec, str) else spec[0]
 
 
 def _spec(arg: ort.NodeArg) -> TensorSpec:
@@ -23,10 +29,10 @@ def _spec(arg: ort.NodeArg) -> TensorSpec:
     return TensorSpec(arg.name, shape, _ORT_TYPES.get(arg.type, arg.type))
 
 
-def choose_providers(requested: Sequence[str] | None, available: Sequence[str]) -> list[str]:
+def choose_providers(requested: Sequence[ProviderSpec] | None, available: Sequence[str]) -> list[ProviderSpec]:
     """The providers to ask for: the requested ones (all must exist) or the best available."""
     if requested:
-        missing = [p for p in requested if p not in available]
+        missing = [provider_name(p) for p in requested if provider_name(p) not in available]
         if missing:
             raise RunnerError(f"execution providers not available: {missing}; "
                               f"this build has {list(available)}")
@@ -42,7 +48,7 @@ class OnnxRuntimeRunner:
         path: Path,
         *,
         threads: int | None = None,
-        providers: Sequence[str] | None = None,
+        providers: Sequence[ProviderSpec] | None = None,
         spin: bool = True,
     ) -> None:
         opts = ort.SessionOptions()
@@ -54,7 +60,8 @@ class OnnxRuntimeRunner:
             opts.intra_op_num_threads = threads
         # Spinning trades CPU for latency; a box that also decodes many streams may prefer it off.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        chosen = choose_providers(providers, ort.get_available_providers())
+        chosen = [p if isinstance(p, str) else (p[0], dict(p[1]))
+                  for p in choose_providers(providers, ort.get_available_providers())]
         try:
             self._session = ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
         except Exception as exc:  # ORT raises its own untyped errors for bad graphs

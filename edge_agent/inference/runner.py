@@ -55,9 +55,9 @@ def load_runner(path: Path, backend: Backend = "onnxruntime", **options: Any) ->
     if not path.is_file():
         raise RunnerError(f"model file not found: {path}")
     if backend == "onnxruntime":
-        from edge_agent.inference.ort_runner import OnnxRuntimeRunner
+        from edge_agent.inference.ort_gpu import open_onnxruntime
 
-        return OnnxRuntimeRunner(path, **options)
+        return open_onnxruntime(path, **options)
     if backend == "tensorrt":
         from edge_agent.inference.tensorrt_runner import open_tensorrt
 

@@ -291,15 +291,15 @@ def ensure_engine(cache: EngineCache, key: EngineKey, model_name: str, *, policy
     return path, True
 
 
-def ort_tensorrt_provider_options(key: EngineKey, cache_dir: Path, input_name: str,
+def ort_tensorrt_provider_options(shapes: ProfileShapes, cache_dir: Path, input_name: str,
                                   device_id: int = 0) -> dict[str, str]:
-    """Options for ONNX Runtime's TensorrtExecutionProvider (onnxruntime-gpu): the same profile,
-    its engine and timing caches in `cache_dir` (ORT keys its own engine files), precision from
-    the ONNX variant as with our own builder."""
+    """Options for ONNX Runtime's TensorrtExecutionProvider (onnxruntime-gpu): an explicit profile
+    (otherwise ORT rebuilds its engine whenever a larger shape shows up), its engine and timing
+    caches in `cache_dir` (ORT keys its own engine files), precision from the ONNX variant as with
+    our own builder."""
     def dims(shape: tuple[int, ...]) -> str:
         return f"{input_name}:" + "x".join(str(d) for d in shape)
 
-    shapes = key.shapes
     return {
         "device_id": str(device_id),
         "trt_engine_cache_enable": "True",

@@ -90,7 +90,7 @@ def variant_path(model_path: Path, precision: str) -> Path:
 
 def measure(path: Path, manifest: Manifest, samples: Sequence[Sample], threads: int | None) -> ApResult:
     """Held-out mAP50 of one ONNX file with ONNX Runtime on the CPU."""
-    runner = load_runner(path, "onnxruntime", threads=threads, providers=["CPUExecutionProvider"])
+    runner = load_runner(path, "onnxruntime", threads=threads, providers=["cpu"])
     try:
         detector = Detector(runner, manifest.class_names, input_hw=manifest.input_size, dynamic_hw=False,
                             settings=EVAL_SETTINGS)
@@ -133,7 +133,7 @@ def _calibration_record(path: Path, parent: Manifest, folder: Path, threads: int
     """The variant's own detections on the parent's calibration images, as this runtime gives them
     (with the parent's thresholds and rect setting, so the same check applies to both)."""
     calib = parent.calibration
-    runner = load_runner(path, "onnxruntime", threads=threads, providers=["CPUExecutionProvider"])
+    runner = load_runner(path, "onnxruntime", threads=threads, providers=["cpu"])
     input_hw, dynamic_hw = model_input_size(runner, parent.input_size)
     detector = Detector(runner, parent.class_names, input_hw=input_hw, dynamic_hw=dynamic_hw,
                         settings=calibration_settings(calib))
