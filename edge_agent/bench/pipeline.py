@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,10 @@ def _wait_online(daemon: Daemon, deadline_s: float, stop: threading.Event) -> No
 
 
 def run_step(options: PipelineOptions, urls: list[str], broker: tuple[str, int], *, camera_fps: float,
-             warmup_s: float, window_s: float, stop: threading.Event) -> PipelineStep:
+             warmup_s: float, window_s: float, stop: threading.Event,
+             on_window: Callable[[float], object] | None = None) -> PipelineStep:
+    """One step: start the daemon on `urls`, warm up, measure `window_s`. `on_window(window_s)`
+    is called as the window opens (a profiler attaching for exactly that window)."""
     daemon = Daemon(edge_config(options, urls, broker))
     try:
         daemon.start()
@@ -123,6 +127,8 @@ def run_step(options: PipelineOptions, urls: list[str], broker: tuple[str, int],
         _snapshot(daemon)  # resets the collector: the window starts now
         errors_before = daemon.loop.errors if daemon.loop else 0
         cpu_start, threads_start = CpuSample.take(helpers), threads_cpu_s()
+        if on_window is not None:
+            on_window(window_s)
         stop.wait(window_s)
         cpu_end, threads_end = CpuSample.take(helpers), threads_cpu_s()
         snap = _snapshot(daemon)
