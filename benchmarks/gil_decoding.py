@@ -28,7 +28,8 @@ from edge_agent.bench.pipeline import PipelineOptions, run_step
 from edge_agent.devtools.mosquitto import MosquittoServer
 
 RATE_HZ = 100
-_THREAD = re.compile(r"\(0x([0-9a-f]+)\)")
+# py-spy's raw lines start "thread (<native id>): <name>;frame;frame... <count>".
+_THREAD = re.compile(r"thread \((0x[0-9a-f]+|\d+)\)(?:: ([^;]+))?")
 
 
 def thread_group(name: str) -> str:
@@ -45,8 +46,9 @@ def gil_holders(raw: Path, names: dict[int, str]) -> collections.Counter[str]:
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         match = _THREAD.search(stack)
-        ident = int(match.group(1), 16) if match else 0
-        held[thread_group(names.get(ident, "other (ORT/FFmpeg or unnamed)"))] += int(count)
+        ident = int(match.group(1), 0) if match else 0
+        name = names.get(ident) or (match.group(2) if match and match.group(2) else "unnamed")
+        held[thread_group(name)] += int(count)
     return held
 
 
@@ -81,7 +83,7 @@ def main() -> int:
                             warmup_s=3.0, window_s=args.seconds, stop=stop, on_window=attach)
             for proc in spies:
                 proc.wait(timeout=args.seconds + 30)
-            names = {t.ident: t.name for t in threading.enumerate() if t.ident}
+            names = {t.native_id: t.name for t in threading.enumerate() if t.native_id}
             held = gil_holders(raw, names) if raw.exists() else collections.Counter()
             total = RATE_HZ * int(args.seconds)
             rows.append((n, step, held, total))
