@@ -297,6 +297,7 @@ class Daemon:
             "mqtt": {"state": link.state.value, "dropped": link.dropped,
                      "queue_full_drops": publisher.queue_full_drops},
             "inference_errors": loop.errors,
+            "inference_workers": loop.workers,
         }
         if self.gpu_stats is not None:
             extra["gpus"] = self.gpu_stats.snapshot()

@@ -60,7 +60,7 @@ def process_cpu_s(pid: int) -> float:
 
 # Python thread names of the daemon -> the group a report shows; threads Python did not start
 # (ONNX Runtime's pool, FFmpeg's decoder threads) are "native".
-_THREAD_GROUPS = (("camera-", "camera threads"), ("inference", "inference thread"),
+_THREAD_GROUPS = (("camera-", "camera threads"), ("inference", "inference workers"),
                   ("publisher", "publisher thread"), ("paho", "MQTT client"), ("supervisor", "supervisor"),
                   ("MainThread", "bench main thread"))
 
