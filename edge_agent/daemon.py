@@ -275,7 +275,7 @@ class Daemon:
         }
 
     def hot_path_alive(self, max_age_s: float) -> bool:
-        """The inference thread came back from its last batch (or idle wait) recently."""
+        """Every inference worker came back from its last batch (or idle wait) recently."""
         loop = self.loop
         return loop is not None and (time.monotonic_ns() - loop.heartbeat_ns) / 1e9 <= max_age_s
 

@@ -24,7 +24,7 @@ from edge_agent.telemetry.http_metrics import Health, MetricsServer, MetricsSour
 log = logging.getLogger(__name__)
 
 SHUTDOWN_BUDGET_S = 4.5  # systemd and operators expect an exit within 5 s of SIGTERM
-# The hot path counts as stuck when the inference thread has not come back for this long
+# The hot path counts as stuck when an inference worker has not come back for this long
 # (it returns at least every 0.1 s while idle, and after each batch).
 DEFAULT_HOT_PATH_MAX_AGE_S = 5.0
 

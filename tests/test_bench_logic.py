@@ -134,7 +134,7 @@ def test_half_load_cameras(saturated_fps, camera_fps, cameras):
 
 
 @pytest.mark.parametrize(("name", "group"), [
-    ("camera-cam01", "camera threads"), ("inference", "inference thread"), ("publisher", "publisher thread"),
+    ("camera-cam01", "camera threads"), ("inference", "inference workers"), ("publisher", "publisher thread"),
     ("paho-mqtt-client-bench", "MQTT client"), ("Thread-7", "other Python threads"),
 ])
 def test_thread_groups(name, group):
@@ -142,11 +142,11 @@ def test_thread_groups(name, group):
 
 
 def test_threads_percent_is_per_core_and_sorted():
-    start = {"camera threads": 1.0, "inference thread": 2.0}
-    end = {"camera threads": 1.5, "inference thread": 3.8, "native (ORT pool, FFmpeg)": 0.2}
-    assert threads_percent(start, end, 2.0) == {"inference thread": 90.0, "camera threads": 25.0,
+    start = {"camera threads": 1.0, "inference workers": 2.0}
+    end = {"camera threads": 1.5, "inference workers": 3.8, "native (ORT pool, FFmpeg)": 0.2}
+    assert threads_percent(start, end, 2.0) == {"inference workers": 90.0, "camera threads": 25.0,
                                                 "native (ORT pool, FFmpeg)": 10.0}
-    assert list(threads_percent(start, end, 2.0)) == ["inference thread", "camera threads",
+    assert list(threads_percent(start, end, 2.0)) == ["inference workers", "camera threads",
                                                       "native (ORT pool, FFmpeg)"]
 
 
@@ -165,7 +165,7 @@ def _step(cameras, processed_fps, *, p99=40.0, infer_p50=20.0):
     return PipelineStep(cameras=cameras, camera_fps=15.0, window_s=10.0, processed_fps=processed_fps,
                         decoded_fps=cameras * 15.0, slot_drops=0, stages_ms=stages, mean_batch=4.0,
                         batch_fill=0.5, cpu=CpuUse(150.0, 10.0, 165.0, 5.0), inference_errors=0,
-                        threads_cpu={"camera threads": 40.0, "inference thread": 100.0})
+                        threads_cpu={"camera threads": 40.0, "inference workers": 100.0})
 
 
 def _report(ultralytics_fps=130.0):
@@ -244,3 +244,13 @@ def test_noisy_measurements_are_repeated(loads, kept, runs):
     assert len(loads) - len(pending) == runs
     assert len(waits) == runs - 1
     assert noisy == [load for load in loads[:runs] if load >= 15.0]
+
+
+def test_refine_count_looks_between_the_peak_and_its_neighbours():
+    """The peak at 12 with 8 and 16 measured: try 14 (above first), then 10; stop at 1 apart."""
+    assert search.refine_count({4: 60.0, 8: 118.0, 12: 120.0, 16: 112.0}) == 14
+    assert search.refine_count({4: 60.0, 8: 118.0, 12: 120.0, 14: 115.0, 16: 112.0}) == 13
+    assert search.refine_count({8: 118.0, 12: 120.0}) == 10
+    assert search.refine_count({8: 118.0, 9: 121.0, 10: 119.0}) is None
+    assert search.refine_count({4: 60.0}) is None
+    assert search.refine_count({}) is None

@@ -225,3 +225,17 @@ def test_a_failing_batch_does_not_block_its_cameras():
     assert {r.camera for r in results} == set(cameras)
     assert slots.in_flight() == set()
     assert runner.calls >= 6
+
+
+@pytest.mark.timeout(30)
+def test_idle_workers_keep_their_heartbeat_fresh():
+    """Every camera down, no frames: the workers still come back, so the watchdog keeps pinging."""
+    slots = FrameSlots()
+    slots.add_camera("a")
+    loop = InferenceLoop(slots, _model(SlowRunner()), lambda _r: None, max_batch=4, max_wait_ms=5, workers=2)
+    loop.start()
+    try:
+        time.sleep(0.6)
+        assert (time.monotonic_ns() - loop.heartbeat_ns) / 1e9 < 0.4
+    finally:
+        assert loop.stop(5.0)

@@ -149,3 +149,10 @@ def test_released_camera_is_taken_again_and_removal_clears_in_flight():
     slots.take_batch(8, 0, stop)
     slots.remove_camera("a")
     assert slots.in_flight() == set()
+
+
+@pytest.mark.timeout(10)
+def test_an_idle_take_returns_empty_after_the_poll_interval():
+    """No frames at all (every camera down): the worker gets [] back and can show it is alive."""
+    slots, stop = _slots("a"), threading.Event()
+    assert slots.take_batch(8, NEVER_MS, stop, idle_poll_s=0.05) == []

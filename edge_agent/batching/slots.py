@@ -2,7 +2,7 @@
 
 Each camera thread puts its newest frame into its slot; a frame still waiting there is replaced
 and counted as dropped, so a camera that outruns inference costs memory for one frame, never a
-queue. The inference thread takes batches: at most one frame per camera per batch (the newest),
+queue. Inference workers take batches: at most one frame per camera per batch (the newest),
 cameras served round-robin so that under overload every camera keeps its share, and a batch
 closes at `max_batch` frames, or `max_wait_ms` after its first frame, or as soon as every live
 camera has contributed. A camera is live from its first frame until its source reports it
@@ -115,20 +115,26 @@ class FrameSlots:
 
     def take_batch(self, max_batch: int, max_wait_ms: float, stop: threading.Event,
                    idle_poll_s: float = 0.1, *, share: int = 1) -> list[Frame]:
-        """Block until a batch is ready or `stop` is set (then returns what it has, maybe []).
+        """Block until a batch is ready; returns [] when `stop` is set or after `idle_poll_s`
+        without any frame, so that an idle worker still shows it is alive (the watchdog).
 
         The batch's cameras are in flight until `release(batch)`; `share` is the number of
         workers taking batches from these slots.
         """
         batch: list[Frame] = []
+        idle_until = self._clock_ns() + int(idle_poll_s * 1e9)
         with self._cond:
             while not batch:
                 if stop.is_set():
                     return batch
                 cap = self._cap(max_batch, share)
                 self._collect(batch, cap)
-                if not batch:
-                    self._cond.wait(idle_poll_s)
+                if batch:
+                    break
+                remaining_s = (idle_until - self._clock_ns()) / 1e9
+                if remaining_s <= 0:
+                    return batch
+                self._cond.wait(remaining_s)
             self._in_flight.update(f.camera for f in batch)
             self._batches_in_flight += 1
             deadline = self._clock_ns() + int(max_wait_ms * 1e6)

@@ -44,6 +44,22 @@ def best(fps_history: Sequence[float]) -> int:
     return next(i for i, fps in enumerate(fps_history) if fps == top)
 
 
+def refine_count(fps_by_cameras: dict[int, float]) -> int | None:
+    """A count between the best one and a measured neighbour, not measured yet; None when the best
+    count's neighbours are one camera away. Fixed steps of 4 cameras can straddle the knee (8 still
+    keeping up, 12 already dropping a third); the peak often lies between them."""
+    if not fps_by_cameras:
+        return None
+    counts = sorted(fps_by_cameras)
+    top = max(counts, key=lambda n: (fps_by_cameras[n], -n))
+    i = counts.index(top)
+    neighbours = [counts[j] for j in (i + 1, i - 1) if 0 <= j < len(counts)]
+    for other in neighbours:
+        if abs(other - top) > 1:
+            return (top + other) // 2 if other > top else (top + other + 1) // 2
+    return None
+
+
 def sweep(run: Callable[[int], Step], counts: Sequence[int], done: Callable[[list[Step]], bool]) -> list[Step]:
     """Run `run(n)` for each count in turn until `done(steps so far)` says to stop."""
     steps: list[Step] = []

@@ -33,6 +33,7 @@ from edge_agent.manifest import Manifest, manifest_path_for
 
 Say = Callable[[str], None]
 QUIET_WAIT_S = 60.0  # how long a noisy step waits for the machine to calm down before it repeats
+REFINE_STEPS = 2  # extra counts measured around the peak, between the sweep's fixed steps
 _PACKAGES = ("onnxruntime", "av", "numpy", "paho-mqtt", "opencv-python-headless", "ultralytics", "torch")
 
 
@@ -234,6 +235,11 @@ def run_bench(options: BenchOptions, say: Say, stop: threading.Event | None = No
         counts = search.camera_counts(options.start_cameras, options.step, options.max_cameras)
         sweep = _PipelineSweep(options, farm, (broker.host, broker.port), say, stop)
         search.sweep(sweep.run, counts, sweep.done)
+        for _ in range(0 if options.quick else REFINE_STEPS):
+            n = search.refine_count({c: s.processed_fps for c, s in sweep.steps.items()})
+            if n is None:
+                break
+            sweep.run(n)
         while not options.quick and (n := paced.next_count(sweep.sustained())) is not None:
             sweep.run(n)
         ordered = sorted(sweep.steps.values(), key=lambda s: s.cameras)

@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
     p.add_argument("--rect", action="store_true",
                    help="infer at the smallest stride-aligned rectangle instead of the square input")
-    p.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--annotate", type=Path, metavar="DIR", help="also write annotated JPEGs here")
     p.set_defaults(func=run)
 
