@@ -54,7 +54,8 @@ def main() -> int:
         cv2_acc.add(det, GroundTruth.of(sample))
     results["OpenCV resize of BGR (CLI, evaluator)"] = cv2_acc.result()
     for label, interp in (("swscale YUV->RGB BILINEAR", Interpolation.BILINEAR),
-                          ("swscale YUV->RGB FAST_BILINEAR (daemon)", Interpolation.FAST_BILINEAR)):
+                          ("swscale YUV->RGB FAST_BILINEAR", Interpolation.FAST_BILINEAR),
+                          ("swscale YUV->RGB AREA", Interpolation.AREA)):
         images = swscale_path(samples, scaled_hw, interp)
         acc = ApAccumulator(names)
         for start in range(0, len(samples), 8):
