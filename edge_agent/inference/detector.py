@@ -96,6 +96,25 @@ class Detector:
         lb = Letterbox.fit(source_hw, self.input_hw)
         return lb.new_h, lb.new_w
 
+    @property
+    def letterboxes_on_device(self) -> bool:
+        """The runner takes uint8 frames and letterboxes them on its GPU (`infer_frames`)."""
+        takes = getattr(self.runner, "takes_frames", None)
+        return bool(takes) if takes is not None else callable(getattr(self.runner, "infer_frames", None))
+
+    def letterboxes_for(self, source_hws: Sequence[tuple[int, int]]) -> list[Letterbox]:
+        """Each frame's geometry inside one batch shape, without touching pixels."""
+        hw = self.shape_for(source_hws)
+        return [Letterbox.fit(src, hw) for src in source_hws]
+
+    def infer_frames(self, images: Sequence[np.ndarray], letterboxes: Sequence[Letterbox], *,
+                     bgr: bool = True) -> np.ndarray:
+        """Head output for uint8 frames letterboxed by the runner on its device."""
+        infer_frames = getattr(self.runner, "infer_frames", None)
+        if not callable(infer_frames):
+            raise RunnerError(f"{type(self.runner).__name__} takes no uint8 frames; use preprocess() and infer()")
+        return np.asarray(infer_frames(images, letterboxes, bgr=bgr))
+
     def preprocess(self, images: Sequence[np.ndarray], source_hws: Sequence[tuple[int, int]] | None = None,
                    *, bgr: bool = True) -> tuple[np.ndarray, list[Letterbox]]:
         """Letterbox frames into the batch buffer; returns the batch view and each geometry.

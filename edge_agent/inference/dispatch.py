@@ -87,6 +87,11 @@ class Dispatcher:
         return self.slots[0].runner.inputs
 
     @property
+    def takes_frames(self) -> bool:
+        """Every runner letterboxes uint8 frames on its GPU (TensorRT runners do; ORT sessions do not)."""
+        return all(callable(getattr(s.runner, "infer_frames", None)) for s in self.slots)
+
+    @property
     def outputs(self) -> tuple[TensorSpec, ...]:
         return self.slots[0].runner.outputs
 

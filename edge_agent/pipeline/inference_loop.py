@@ -154,12 +154,20 @@ class InferenceLoop:
 
     def _run_batch(self, frames: list[Frame], model: LoadedModel, detector: Detector,
                    class_filters: Mapping[str, np.ndarray | None]) -> None:
-        batch, letterboxes = detector.preprocess([f.pixels() for f in frames], [f.source_hw for f in frames],
-                                                 bgr=False)
-        stamp = time.monotonic_ns()
-        for f in frames:
-            f.stamps.preprocessed = stamp
-        head = detector.infer(batch)
+        images, source_hws = [f.pixels() for f in frames], [f.source_hw for f in frames]
+        if detector.letterboxes_on_device:
+            # GPU runners upload uint8 and letterbox there: "infer" then includes the letterbox.
+            letterboxes = detector.letterboxes_for(source_hws)
+            stamp = time.monotonic_ns()
+            for f in frames:
+                f.stamps.preprocessed = stamp
+            head = detector.infer_frames(images, letterboxes, bgr=False)
+        else:
+            batch, letterboxes = detector.preprocess(images, source_hws, bgr=False)
+            stamp = time.monotonic_ns()
+            for f in frames:
+                f.stamps.preprocessed = stamp
+            head = detector.infer(batch)
         inferred = time.monotonic_ns()
         for f in frames:
             f.stamps.inferred = inferred
