@@ -139,9 +139,10 @@ class FrameSlots:
             self._batches_in_flight += 1
             deadline = self._clock_ns() + int(max_wait_ms * 1e6)
             while not stop.is_set():
-                # Cameras another worker holds cannot contribute: do not wait for them.
-                waiting_for = (self._live - self._in_flight) | {f.camera for f in batch}
-                if len(batch) >= min(cap, len(waiting_for)):
+                # Cameras another worker holds cannot contribute: do not wait for them. (This
+                # batch's own cameras are in flight too, so they are counted by len(batch).)
+                can_contribute = len(self._live - self._in_flight) + len(batch)
+                if len(batch) >= min(cap, can_contribute):
                     break
                 remaining_s = (deadline - self._clock_ns()) / 1e9
                 if remaining_s <= 0:

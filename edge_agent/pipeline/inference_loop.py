@@ -15,6 +15,7 @@ reach the publisher's FIFO queue in capture order whichever worker finishes firs
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
@@ -158,16 +159,14 @@ class InferenceLoop:
         if detector.letterboxes_on_device:
             # GPU runners upload uint8 and letterbox there: "infer" then includes the letterbox.
             letterboxes = detector.letterboxes_for(source_hws)
-            stamp = time.monotonic_ns()
-            for f in frames:
-                f.stamps.preprocessed = stamp
-            head = detector.infer_frames(images, letterboxes, bgr=False)
+            run = functools.partial(detector.infer_frames, images, letterboxes, bgr=False)
         else:
             batch, letterboxes = detector.preprocess(images, source_hws, bgr=False)
-            stamp = time.monotonic_ns()
-            for f in frames:
-                f.stamps.preprocessed = stamp
-            head = detector.infer(batch)
+            run = functools.partial(detector.infer, batch)
+        stamp = time.monotonic_ns()
+        for f in frames:
+            f.stamps.preprocessed = stamp
+        head = run()
         inferred = time.monotonic_ns()
         for f in frames:
             f.stamps.inferred = inferred
